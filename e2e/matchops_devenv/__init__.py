@@ -1,0 +1,1 @@
+"""Local environment for tests and the demo: real RabbitMQ, PostgreSQL and Kubernetes."""

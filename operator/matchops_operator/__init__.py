@@ -1,0 +1,1 @@
+"""matchops_operator."""
