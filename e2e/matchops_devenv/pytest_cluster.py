@@ -1,0 +1,1 @@
+"""pytest fixtures: one real Kubernetes control plane per test session."""

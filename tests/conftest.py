@@ -1,0 +1,6 @@
+"""Session fixtures shared by the whole suite live in matchops_devenv's pytest plugins."""
+
+pytest_plugins = [
+    "matchops_devenv.pytest_services",
+    "matchops_devenv.pytest_cluster",
+]
