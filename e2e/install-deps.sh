@@ -28,6 +28,28 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root rm -f /usr/sbin/policy-rc.d
 fi
 
+# podman's defaults assume systemd as PID 1 (cgroup manager) and the right to raise rlimits
+# (CAP_SYS_RESOURCE, for nofile/nproc); containers and CI runners often have neither, and every
+# `podman run` / `podman build` then fails. Written only where no containers.conf exists yet.
+containers_conf=/etc/containers/containers.conf
+if command -v podman >/dev/null 2>&1 && [ ! -e "$containers_conf" ]; then
+  cap_eff=$(awk '/^CapEff:/ {print $2}' /proc/self/status)
+  containers_section=""
+  engine_section=""
+  if (( (16#$cap_eff >> 24 & 1) == 0 )); then
+    containers_section='default_ulimits = []'
+  fi
+  if [ ! -d /run/systemd/system ]; then
+    engine_section='cgroup_manager = "cgroupfs"'$'\n''events_logger = "file"'
+  fi
+  if [ -n "$containers_section$engine_section" ]; then
+    echo "writing $containers_conf for a host without systemd / CAP_SYS_RESOURCE" >&2
+    as_root mkdir -p /etc/containers
+    printf '[containers]\n%s\n\n[engine]\n%s\n' "$containers_section" "$engine_section" \
+      | as_root tee "$containers_conf" >/dev/null
+  fi
+fi
+
 if ! command -v uv >/dev/null 2>&1; then
   echo "installing uv" >&2
   python3 -m pip install --quiet uv
