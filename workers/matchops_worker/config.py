@@ -1,0 +1,176 @@
+"""Worker settings from environment variables (the names are a contract with the operator).
+
+An empty variable counts as unset, as Kubernetes manifests often render optional values empty.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from matchops_worker.durations import DurationError, parse_duration
+from matchops_worker.topology import (
+    DEFAULT_RETRY_DELAYS,
+    QUEUE_TYPES,
+    Topology,
+    TopologyError,
+    build_topology,
+)
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """Settings the worker cannot run with; the message lists every problem."""
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    amqp_url: str
+    database_dsn: str
+    topology: Topology
+    prefetch: int = 200
+    batch_size: int = 200
+    batch_wait: float = 0.2
+    metrics_port: int = 9100
+    log_level: str = "info"
+    declare_topology: bool = False
+
+    @property
+    def batch_limit(self) -> int:
+        """Messages per batch: a batch cannot hold more than the prefetch lets in."""
+        return min(self.batch_size, self.prefetch)
+
+    def warnings(self) -> list[str]:
+        """Settings that work, but not as the user probably meant."""
+        if self.batch_size > self.prefetch:
+            return [
+                f"MATCHOPS_BATCH_SIZE ({self.batch_size}) is above MATCHOPS_PREFETCH "
+                f"({self.prefetch}): batches hold at most {self.prefetch} messages"
+            ]
+        return []
+
+    @property
+    def logging_level(self) -> int:
+        return int(getattr(logging, self.log_level.upper()))
+
+
+def load_config(env: Mapping[str, str] | None = None) -> WorkerConfig:
+    """Read and check every MATCHOPS_* setting; raise ConfigError listing all problems."""
+    reader = _Reader(os.environ if env is None else env)
+    amqp_url = reader.required("MATCHOPS_AMQP_URL")
+    database_dsn = reader.required("MATCHOPS_DATABASE_DSN")
+    queue = reader.text("MATCHOPS_QUEUE", "matches")
+    queue_type = reader.choice("MATCHOPS_QUEUE_TYPE", "quorum", QUEUE_TYPES)
+    delays = reader.durations("MATCHOPS_RETRY_DELAYS", ",".join(DEFAULT_RETRY_DELAYS))
+    prefetch = reader.integer("MATCHOPS_PREFETCH", 200, minimum=1, maximum=65535)
+    batch_size = reader.integer("MATCHOPS_BATCH_SIZE", 200, minimum=1, maximum=10000)
+    batch_wait = reader.duration("MATCHOPS_BATCH_WAIT", "200ms")
+    metrics_port = reader.integer("MATCHOPS_METRICS_PORT", 9100, minimum=0, maximum=65535)
+    log_level = reader.choice("MATCHOPS_LOG_LEVEL", "info", LOG_LEVELS)
+    declare_topology = reader.boolean("MATCHOPS_DECLARE_TOPOLOGY", False)
+    topology: Topology | None = None
+    try:
+        topology = build_topology(
+            queue,
+            exchange=reader.optional("MATCHOPS_EXCHANGE"),
+            routing_keys=reader.items("MATCHOPS_ROUTING_KEYS"),
+            queue_type=queue_type,
+            retry_delays=delays,
+            dead_letter_queue=reader.optional("MATCHOPS_DEAD_LETTER_QUEUE"),
+        )
+    except TopologyError as exc:
+        reader.problems.append(str(exc))
+    if reader.problems or topology is None:
+        raise ConfigError("invalid worker configuration: " + "; ".join(reader.problems))
+    return WorkerConfig(
+        amqp_url=amqp_url,
+        database_dsn=database_dsn,
+        topology=topology,
+        prefetch=prefetch,
+        batch_size=batch_size,
+        batch_wait=batch_wait,
+        metrics_port=metrics_port,
+        log_level=log_level,
+        declare_topology=declare_topology,
+    )
+
+
+class _Reader:
+    """Reads variables, collecting problems so that one error message names them all."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+
+    def optional(self, name: str) -> str | None:
+        value = self.env.get(name, "").strip()
+        return value or None
+
+    def required(self, name: str) -> str:
+        value = self.optional(name)
+        if value is None:
+            self.problems.append(f"{name} is required")
+            return ""
+        return value
+
+    def text(self, name: str, default: str) -> str:
+        return self.optional(name) or default
+
+    def items(self, name: str) -> list[str] | None:
+        value = self.optional(name)
+        if value is None:
+            return None
+        return [item.strip() for item in value.split(",") if item.strip()] or None
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = (self.optional(name) or default).lower()
+        if value not in choices:
+            self.problems.append(f"{name}={value!r} is not one of {', '.join(choices)}")
+            return default
+        return value
+
+    def integer(self, name: str, default: int, minimum: int, maximum: int) -> int:
+        value = self.optional(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            self.problems.append(f"{name}={value!r} is not a whole number")
+            return default
+        if not minimum <= number <= maximum:
+            self.problems.append(f"{name}={number} is outside {minimum}..{maximum}")
+            return default
+        return number
+
+    def duration(self, name: str, default: str) -> float:
+        value = self.optional(name) or default
+        try:
+            return parse_duration(value)
+        except DurationError as exc:
+            self.problems.append(f"{name}: {exc}")
+            return parse_duration(default)
+
+    def durations(self, name: str, default: str) -> list[float]:
+        value = self.optional(name) or default
+        delays: list[float] = []
+        for item in value.split(","):
+            try:
+                delays.append(parse_duration(item))
+            except DurationError as exc:
+                self.problems.append(f"{name}: {exc}")
+        return delays
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.optional(name)
+        if value is None:
+            return default
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        self.problems.append(f"{name}={value!r} is not true or false")
+        return default

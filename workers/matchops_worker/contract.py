@@ -1,0 +1,415 @@
+"""The message contract: one match per message, as plain JSON or as a Celery protocol-2 task.
+
+`parse_message` turns any delivery (body bytes, content type and encoding, headers) into either
+a valid `MatchReport` or a `Rejection` whose reason code goes into the dead-letter headers; it
+never raises. `message_json_schema` is the published JSON Schema of the wire format (both
+namings), kept in `workers/schema/match-message.schema.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
+from enum import StrEnum
+from typing import Annotated, Any, Final
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+
+SCHEMA_ID = "https://matchops.dev/schemas/match-message.schema.json"
+# The task names the legacy Celery producers send; their first positional argument is the match.
+CELERY_TASKS: Final = (
+    "celery_tasks.match_tasks.process_match_data",
+    "missing_table.tasks.process_match_data",
+)
+MAX_BODY_BYTES: Final = 256 * 1024
+MAX_NAME_LENGTH: Final = 200
+MAX_TEXT_LENGTH: Final = 2000
+MAX_SCORE: Final = 999
+# The scraper's newer field names, mapped to the contract's (the seed's MatchData) names.
+ALIASES: Final = {
+    "date": "match_date",
+    "score_home": "home_score",
+    "score_away": "away_score",
+    "status": "match_status",
+    "match_id": "external_match_id",
+}
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_JSON_TYPES = {"application/json", "text/json", "application/x-json"}
+
+
+class Reason(StrEnum):
+    """Why a message goes to the dead-letter queue (header `x-matchops-reason`)."""
+
+    INVALID_JSON = "invalid-json"
+    INVALID_ENCODING = "invalid-encoding"
+    UNSUPPORTED_CONTENT = "unsupported-content-type"
+    TOO_LARGE = "too-large"
+    CONTRACT = "contract"
+    UNKNOWN_TASK = "unknown-task"
+    CELERY_ENVELOPE = "celery-envelope"
+    RETRIES_EXHAUSTED = "retries-exhausted"
+    STORE_REJECTED = "store-rejected"
+
+
+class MatchStatus(StrEnum):
+    SCHEDULED = "scheduled"
+    COMPLETED = "completed"
+    POSTPONED = "postponed"
+    CANCELLED = "cancelled"
+
+
+# Without report times, a report never moves a match back along this order (a late "scheduled"
+# report cannot undo a result); with report times on both sides, the later report wins.
+STATUS_RANK: Final = {
+    MatchStatus.SCHEDULED: 0,
+    MatchStatus.POSTPONED: 1,
+    MatchStatus.CANCELLED: 2,
+    MatchStatus.COMPLETED: 3,
+}
+
+
+def _storable(value: str) -> str:
+    # PostgreSQL text cannot hold NUL, and lone surrogates (legal in JSON escapes) are not UTF-8.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from exc
+    return value
+
+
+def _external_id(value: object) -> object:
+    # Scrapers send numeric match ids; they are identifiers, kept as text.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+Name = Annotated[
+    str,
+    StringConstraints(strict=True, strip_whitespace=True, min_length=1, max_length=MAX_NAME_LENGTH),
+    AfterValidator(_storable),
+]
+Text = Annotated[
+    str,
+    StringConstraints(strict=True, strip_whitespace=True, max_length=MAX_TEXT_LENGTH),
+    AfterValidator(_storable),
+]
+ExternalId = Annotated[
+    str,
+    BeforeValidator(_external_id),
+    StringConstraints(strict=True, strip_whitespace=True, min_length=1, max_length=MAX_NAME_LENGTH),
+    AfterValidator(_storable),
+]
+Score = Annotated[int, Field(strict=True, ge=0, le=MAX_SCORE)]
+
+
+def name_key(name: str) -> str:
+    """The identity of a name: Unicode-normalised, case-folded, inner spacing collapsed."""
+    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+class MatchReport(BaseModel):
+    """One report of one match, validated and normalised (the contract's names)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    home_team: Name
+    away_team: Name
+    match_date: Annotated[
+        date,
+        WithJsonSchema({"type": "string", "anyOf": [{"format": "date"}, {"format": "date-time"}]}),
+    ] = Field(description="YYYY-MM-DD; a full ISO datetime is accepted, its time is the kickoff")
+    season: Name
+    age_group: Name
+    match_type: Name
+    division: Text | None = None
+    location: Text | None = None
+    notes: Text | None = None
+    external_match_id: Annotated[
+        ExternalId | None,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH},
+                    {"type": "integer"},
+                    {"type": "null"},
+                ]
+            }
+        ),
+    ] = Field(default=None, description="the source's id of the match; the match's identity")
+    home_score: Score | None = None
+    away_score: Score | None = None
+    match_status: Annotated[
+        MatchStatus,
+        WithJsonSchema({"enum": [*(status.value for status in MatchStatus), None]}),
+    ] = Field(
+        default=MatchStatus.SCHEDULED,
+        description="when absent: completed if both scores are given, else scheduled",
+    )
+    kickoff: time | None = Field(default=None, description="kickoff time, HH:MM[:SS]")
+    reported_at: Annotated[datetime, AfterValidator(_aware)] | None = Field(
+        default=None,
+        description=(
+            "when the producer observed this state (ISO datetime, UTC when it has no offset); "
+            "the later of two reports of a match wins"
+        ),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _canonical(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        fields = dict(data)
+        for alias, name in ALIASES.items():
+            if alias in fields:
+                value = fields.pop(alias)
+                if fields.get(name, value) != value:
+                    raise ValueError(
+                        f"both {name!r} and {alias!r} are given, with different values"
+                    )
+                fields[name] = value
+        if "match_date" in fields:
+            fields.update(_split_match_date(fields["match_date"], fields.get("kickoff")))
+        if fields.get("match_status") is None:
+            scored = fields.get("home_score") is not None and fields.get("away_score") is not None
+            fields["match_status"] = MatchStatus.COMPLETED if scored else MatchStatus.SCHEDULED
+        return fields
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MatchReport:
+        if name_key(self.home_team) == name_key(self.away_team):
+            raise ValueError(f"home team and away team are the same team ({self.home_team!r})")
+        if (self.home_score is None) != (self.away_score is None):
+            raise ValueError("home_score and away_score must be given together")
+        if self.match_status == MatchStatus.COMPLETED and self.home_score is None:
+            raise ValueError("a completed match needs both scores")
+        return self
+
+
+def _split_match_date(value: object, kickoff: object) -> dict[str, object]:
+    """`match_date` as a date, and the time of a full datetime as kickoff."""
+    if not isinstance(value, str):
+        raise ValueError("match_date must be a string: YYYY-MM-DD or an ISO datetime")
+    text = value.strip()
+    if _DATE.fullmatch(text):
+        return {"match_date": text}
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ValueError(f"match_date {value!r} is neither YYYY-MM-DD nor an ISO datetime") from exc
+    start = moment.time().replace(tzinfo=None)
+    if kickoff is not None and str(kickoff) != start.isoformat():
+        raise ValueError(f"kickoff {kickoff!r} differs from the time in match_date {value!r}")
+    return {"match_date": moment.date().isoformat(), "kickoff": start.isoformat()}
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a message cannot be stored: a reason code and a text a person can act on."""
+
+    reason: Reason
+    error: str
+
+
+class CeleryEnvelope(BaseModel):
+    """The body of a Celery protocol-2 task message: `[args, kwargs, embed]`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task_args: list[Any]
+    task_kwargs: dict[str, Any]
+    embed: dict[str, Any] | None = None
+
+    def match(self) -> Any:
+        """The match payload: the first positional argument (or the `match_data` keyword)."""
+        if self.task_args:
+            return self.task_args[0]
+        if "match_data" in self.task_kwargs:
+            return self.task_kwargs["match_data"]
+        raise ValueError("the task has no positional argument and no 'match_data' keyword")
+
+
+def parse_message(
+    body: bytes,
+    content_type: str | None = None,
+    content_encoding: str | None = None,
+    headers: Mapping[str, Any] | None = None,
+    timestamp: int | None = None,
+) -> MatchReport | Rejection:
+    """Validate one delivery; `timestamp` (AMQP property, seconds) is the report time fallback."""
+    try:
+        return _parse(body, content_type, content_encoding, headers or {}, timestamp)
+    except Exception as exc:
+        return Rejection(Reason.CONTRACT, f"unreadable message: {type(exc).__name__}: {exc}")
+
+
+def _parse(
+    body: bytes,
+    content_type: str | None,
+    content_encoding: str | None,
+    headers: Mapping[str, Any],
+    timestamp: int | None,
+) -> MatchReport | Rejection:
+    if len(body) > MAX_BODY_BYTES:
+        return Rejection(
+            Reason.TOO_LARGE, f"message of {len(body)} bytes exceeds {MAX_BODY_BYTES} bytes"
+        )
+    if content_type and content_type.split(";")[0].strip().lower() not in _JSON_TYPES:
+        return Rejection(
+            Reason.UNSUPPORTED_CONTENT,
+            f"content type {content_type!r} is not JSON (Celery: use the json serializer)",
+        )
+    if content_encoding and content_encoding.strip().lower() not in ("utf-8", "utf8"):
+        return Rejection(
+            Reason.UNSUPPORTED_CONTENT, f"content encoding {content_encoding!r} is not utf-8"
+        )
+    if headers.get("compression"):
+        return Rejection(
+            Reason.UNSUPPORTED_CONTENT,
+            f"compressed messages ({headers['compression']}) are refused",
+        )
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejection(Reason.INVALID_ENCODING, f"body is not UTF-8: {exc}")
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        return Rejection(Reason.INVALID_JSON, f"body is not JSON: {exc}")
+    task = headers.get("task")
+    if task is not None:
+        if task not in CELERY_TASKS:
+            return Rejection(
+                Reason.UNKNOWN_TASK,
+                f"Celery task {task!r} is not one of {', '.join(CELERY_TASKS)}",
+            )
+        try:
+            document = _celery_body(document).match()
+        except (ValidationError, ValueError) as exc:
+            return Rejection(Reason.CELERY_ENVELOPE, f"not a Celery protocol-2 body: {exc}")
+    if not isinstance(document, dict):
+        return Rejection(
+            Reason.CONTRACT, f"a match message is a JSON object, got {type(document).__name__}"
+        )
+    if timestamp is not None and document.get("reported_at") is None:
+        document = {**document, "reported_at": _from_timestamp(timestamp)}
+    try:
+        return MatchReport.model_validate(document)
+    except ValidationError as exc:
+        return Rejection(Reason.CONTRACT, describe(exc))
+
+
+def _celery_body(document: Any) -> CeleryEnvelope:
+    if not isinstance(document, list) or len(document) != 3:
+        raise ValueError("expected a JSON array [args, kwargs, embed]")
+    task_args, task_kwargs, embed = document
+    return CeleryEnvelope(task_args=task_args, task_kwargs=task_kwargs, embed=embed)
+
+
+def _from_timestamp(timestamp: int) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(timestamp, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def describe(error: ValidationError) -> str:
+    """A validation error as one line: `field: problem; field: problem`."""
+    problems = []
+    for item in error.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in item["loc"]) or "message"
+        problems.append(f"{where}: {item['msg']}")
+    return "; ".join(problems)
+
+
+@dataclass(frozen=True)
+class CeleryMessage:
+    """A Celery protocol-2 task message ready to publish."""
+
+    body: bytes
+    headers: dict[str, Any]
+    correlation_id: str
+    content_type: str = "application/json"
+    content_encoding: str = "utf-8"
+
+
+def celery_message(
+    match: Mapping[str, Any], task: str = CELERY_TASKS[0], task_id: str | None = None
+) -> CeleryMessage:
+    """Wrap a match as the legacy producers do (`send_task(task, args=[match])`)."""
+    task_id = task_id or str(uuid.uuid4())
+    args = [dict(match)]
+    headers: dict[str, Any] = {
+        "lang": "py",
+        "task": task,
+        "id": task_id,
+        "shadow": None,
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": 0,
+        "timelimit": [None, None],
+        "root_id": task_id,
+        "parent_id": None,
+        "argsrepr": repr(args)[:1024],
+        "kwargsrepr": "{}",
+        "origin": "matchops",
+        "ignore_result": False,
+    }
+    body = json.dumps(
+        [args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    ).encode()
+    return CeleryMessage(body=body, headers=headers, correlation_id=task_id)
+
+
+def message_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a match message on the wire: the model's, plus the newer names."""
+    schema = MatchReport.model_json_schema(mode="validation")
+    properties: dict[str, Any] = schema["properties"]
+    for alias, name in ALIASES.items():
+        properties[alias] = {**properties[name], "description": f"newer name of {name}"}
+    # A required field may come under either of its names.
+    schema["allOf"] = [
+        {"anyOf": [{"required": [name]}, *({"required": [a]} for a in _aliases_of(name))]}
+        for name in schema.pop("required")
+    ]
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "Match message",
+        "description": (
+            "One match, as published to the matchops queue: a plain JSON body, or the first "
+            "argument of a Celery protocol-2 task. Fields use the contract's names or the "
+            "newer ones (never both with different values). The worker also checks what a "
+            "schema cannot say: home and away teams differ (case and spacing ignored), both "
+            "scores or neither, and a completed match has both scores."
+        ),
+        **{key: value for key, value in schema.items() if key not in ("title", "description")},
+    }
+
+
+def _aliases_of(name: str) -> list[str]:
+    return [alias for alias, canonical in ALIASES.items() if canonical == name]

@@ -1,0 +1,427 @@
+"""PostgreSQL: schema migrations, and batched find-or-create and upsert of matches.
+
+One batch is one transaction: the teams, seasons, age groups and divisions it names are
+created when missing (`ON CONFLICT DO NOTHING`, keys sorted), then its matches are upserted
+in identity order, all in one pipelined round trip. The upsert itself enforces the ordering
+rules in SQL (an older report never overwrites a newer one; an identical report writes
+nothing), so it stays right when several workers write the same match at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Final, Literal
+
+import psycopg
+import psycopg.errors
+
+from matchops_worker.batch import Collapsed, Outcome, collapse
+from matchops_worker.contract import STATUS_RANK, MatchReport, name_key
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_TABLE: Final = "matchops_schema_migrations"
+# pg_advisory_lock key serialising `matchops-worker migrate` runs: "matchops" in ASCII.
+MIGRATION_LOCK: Final = int.from_bytes(b"matchops", "big")
+# SQLSTATE classes where the message's data is at fault (data exception, integrity violation):
+# retrying cannot help. Anything else (connection lost, deadlock, serialization failure,
+# timeout, missing schema, lack of resources) is the environment's fault and is retried.
+MESSAGE_FAULT_CLASSES: Final = ("22", "23")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def migrations() -> list[Migration]:
+    """The schema migrations shipped with the worker, in version order."""
+    folder = resources.files("matchops_worker") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            version, _, rest = entry.name.partition("_")
+            found.append(Migration(int(version), rest.removesuffix(".sql"), entry.read_text()))
+    return sorted(found, key=lambda m: m.version)
+
+
+LATEST_VERSION: Final = migrations()[-1].version
+
+
+def migrate(dsn: str) -> list[Migration]:
+    """Apply missing migrations, each in its own transaction; safe to run concurrently."""
+    applied: list[Migration] = []
+    with psycopg.connect(dsn, autocommit=True, application_name="matchops-worker migrate") as conn:
+        # Replicas starting together all run this: the advisory lock lets one apply and the
+        # others find the work done.
+        conn.execute("SELECT pg_advisory_lock(%s)", [MIGRATION_LOCK])
+        try:
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} ("
+                "version integer PRIMARY KEY, name text NOT NULL, "
+                "applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {row[0] for row in conn.execute(f"SELECT version FROM {MIGRATIONS_TABLE}")}  # noqa: S608
+            for migration in migrations():
+                if migration.version in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(migration.sql.encode())
+                    conn.execute(
+                        f"INSERT INTO {MIGRATIONS_TABLE} (version, name) VALUES (%s, %s)",  # noqa: S608
+                        [migration.version, migration.name],
+                    )
+                log.info(
+                    "applied migration",
+                    extra={"version": migration.version, "migration": migration.name},
+                )
+                applied.append(migration)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", [MIGRATION_LOCK])
+    return applied
+
+
+class StoreUnavailable(RuntimeError):  # noqa: N818 - reads as a state, like TimeoutError
+    """The database could not take the batch now (retry later); the cause is chained."""
+
+
+class SchemaOutdated(RuntimeError):  # noqa: N818 - reads as a state
+    """The database schema is older than this worker needs."""
+
+
+@dataclass(frozen=True)
+class RowRejected:
+    """The database refused one report (its data is at fault): it goes to the dead-letter queue."""
+
+    error: str
+
+
+Result = Outcome | RowRejected
+
+
+class Store:
+    """The worker's one connection to PostgreSQL; used from one thread at a time."""
+
+    def __init__(self, dsn: str, statement_timeout: float = 30.0, connect_timeout: int = 10):
+        self.dsn = dsn
+        self.statement_timeout = statement_timeout
+        self.connect_timeout = connect_timeout
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def schema_version(self) -> int:
+        """The applied schema version (0 before any migration)."""
+        with self._session() as conn, conn.transaction():
+            exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [MIGRATIONS_TABLE])
+            row = exists.fetchone()
+            if not row or not row[0]:
+                return 0
+            version = conn.execute(f"SELECT max(version) FROM {MIGRATIONS_TABLE}").fetchone()  # noqa: S608
+            return int(version[0]) if version and version[0] is not None else 0
+
+    def check_schema(self) -> int:
+        """Raise SchemaOutdated unless the migrations this worker needs are applied."""
+        version = self.schema_version()
+        if version < LATEST_VERSION:
+            raise SchemaOutdated(
+                f"database schema is at version {version}, this worker needs {LATEST_VERSION}: "
+                "run `matchops-worker migrate`"
+            )
+        return version
+
+    def write(self, reports: Sequence[MatchReport]) -> list[Result]:
+        """Store a batch; one result per report, in order.
+
+        The batch is one transaction. When the database refuses it because of some report's
+        data, the batch is split until the refused reports are isolated, so they alone are
+        rejected. Raises StoreUnavailable when the failure is not the data's fault.
+        """
+        results: list[Result | None] = [None] * len(reports)
+        self._write_isolating(list(enumerate(reports)), results)
+        return [result if result is not None else Outcome.UNCHANGED for result in results]
+
+    def _write_isolating(
+        self, items: list[tuple[int, MatchReport]], results: list[Result | None]
+    ) -> None:
+        try:
+            outcomes = self._write_once([report for _, report in items])
+        except psycopg.Error as exc:
+            if not _message_fault(exc):
+                raise StoreUnavailable(f"database unavailable: {_describe(exc)}") from exc
+            if len(items) == 1:
+                results[items[0][0]] = RowRejected(_describe(exc))
+                return
+            middle = len(items) // 2
+            self._write_isolating(items[:middle], results)
+            self._write_isolating(items[middle:], results)
+            return
+        for (position, _), outcome in zip(items, outcomes, strict=True):
+            results[position] = outcome
+
+    def _write_once(self, reports: Sequence[MatchReport]) -> list[Outcome]:
+        winners = collapse(reports)
+        outcomes: list[Outcome] = [Outcome.SUPERSEDED] * len(reports)
+        if not winners:
+            return outcomes
+        external = [w for w in winners if w.identity[0] == "external"]
+        natural = [w for w in winners if w.identity[0] != "external"]
+        with self._session() as conn:
+            try:
+                with conn.pipeline(), conn.transaction():
+                    for table, names in _entities(winners):
+                        keys = sorted(names)
+                        conn.execute(_ENTITY_SQL[table], [keys, [names[k] for k in keys]])
+                    cursors = [
+                        (group, conn.execute(_UPSERT_SQL[kind], _columns(group)))
+                        for kind, group in (("external", external), ("natural", natural))
+                        if group
+                    ]
+            except psycopg.Error:
+                if conn.broken:
+                    self.close()
+                raise
+            for group, cursor in cursors:
+                for position, created, same in cursor.fetchall():
+                    outcomes[group[position - 1].position] = _outcome(created, same)
+        return outcomes
+
+    def _session(self) -> _Session:
+        return _Session(self)
+
+    def connection(self) -> psycopg.Connection[Any]:
+        """The open connection, connecting (or reconnecting) first when needed."""
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self.close()
+            self._conn = psycopg.connect(
+                self.dsn,
+                autocommit=False,
+                connect_timeout=self.connect_timeout,
+                application_name="matchops-worker",
+                options=f"-c statement_timeout={int(self.statement_timeout * 1000)}",
+            )
+        return self._conn
+
+
+class _Session:
+    """The store's connection for one operation; drops it when the connection broke."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def __enter__(self) -> psycopg.Connection[Any]:
+        try:
+            return self.store.connection()
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"cannot connect to the database: {_describe(exc)}") from exc
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        conn = self.store._conn
+        if exc is not None and conn is not None and (conn.broken or conn.closed):
+            self.store.close()
+
+
+def _outcome(created: bool | None, same: bool | None) -> Outcome:
+    if created is None:
+        return Outcome.UNCHANGED if same is not False else Outcome.STALE
+    return Outcome.CREATED if created else Outcome.UPDATED
+
+
+def _message_fault(exc: psycopg.Error) -> bool:
+    state = exc.sqlstate or ""
+    return state[:2] in MESSAGE_FAULT_CLASSES
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    state = getattr(exc, "sqlstate", None)
+    prefix = f"{type(exc).__name__}" + (f" [{state}]" if state else "")
+    return f"{prefix}: {text[0] if text else 'no details'}"
+
+
+# SQL: every statement below is built once, at import, from constant names; values are
+# always passed as parameters.
+
+EntityTable = Literal["seasons", "age_groups", "divisions", "teams"]
+
+_ENTITY_SQL: Final[dict[EntityTable, bytes]] = {
+    table: (
+        f"INSERT INTO {table} (name_key, name) "  # noqa: S608 - constant table names
+        "SELECT k, n FROM unnest(%s::text[], %s::text[]) AS e(k, n) ORDER BY k "
+        "ON CONFLICT (name_key) DO NOTHING"
+    ).encode()
+    for table in ("seasons", "age_groups", "divisions", "teams")
+}
+
+
+def _entities(winners: Sequence[Collapsed]) -> Iterator[tuple[EntityTable, dict[str, str]]]:
+    """Per reference table, the names a batch uses: key -> spelling first seen."""
+    tables: dict[EntityTable, dict[str, str]] = {
+        "seasons": {},
+        "age_groups": {},
+        "divisions": {},
+        "teams": {},
+    }
+    for winner in winners:
+        report = winner.report
+        for table, name in (
+            ("seasons", report.season),
+            ("age_groups", report.age_group),
+            ("divisions", report.division),
+            ("teams", report.home_team),
+            ("teams", report.away_team),
+        ):
+            if name:
+                tables[table].setdefault(name_key(name), name)  # type: ignore[index]
+    yield from ((table, names) for table, names in tables.items() if names)
+
+
+# Incoming columns, in the order of the unnest() arguments.
+_INPUT: Final = (
+    ("external_match_id", "text"),
+    ("season_key", "text"),
+    ("age_group_key", "text"),
+    ("division_key", "text"),
+    ("home_key", "text"),
+    ("away_key", "text"),
+    ("match_date", "date"),
+    ("kickoff", "time"),
+    ("match_type", "text"),
+    ("location", "text"),
+    ("notes", "text"),
+    ("home_score", "integer"),
+    ("away_score", "integer"),
+    ("status", "text"),
+    ("reported_at", "timestamptz"),
+)
+
+_ROW: Final[tuple[Callable[[MatchReport], object], ...]] = (
+    lambda r: r.external_match_id,
+    lambda r: name_key(r.season),
+    lambda r: name_key(r.age_group),
+    lambda r: name_key(r.division) if r.division else None,
+    lambda r: name_key(r.home_team),
+    lambda r: name_key(r.away_team),
+    lambda r: r.match_date,
+    lambda r: r.kickoff,
+    lambda r: r.match_type,
+    lambda r: r.location,
+    lambda r: r.notes,
+    lambda r: r.home_score,
+    lambda r: r.away_score,
+    lambda r: r.match_status.value,
+    lambda r: r.reported_at,
+)
+
+
+def _columns(group: Sequence[Collapsed]) -> list[list[object]]:
+    """The batch as one list per input column (the unnest() arguments)."""
+    return [[get(w.report) for w in group] for get in _ROW]
+
+
+# Stored columns a report describes; optional descriptive ones keep their stored value when a
+# report leaves them out.
+_DATA: Final = (
+    "season_id",
+    "age_group_id",
+    "division_id",
+    "home_team_id",
+    "away_team_id",
+    "match_date",
+    "kickoff",
+    "match_type",
+    "location",
+    "notes",
+    "home_score",
+    "away_score",
+    "status",
+)
+_KEEP_WHEN_ABSENT: Final = frozenset({"division_id", "kickoff", "location", "notes"})
+_NATURAL_KEY: Final = ("season_id", "age_group_id", "home_team_id", "away_team_id", "match_date")
+
+
+def _merged(incoming: str, stored: str) -> str:
+    return ", ".join(
+        f"COALESCE({incoming}.{c}, {stored}.{c})" if c in _KEEP_WHEN_ABSENT else f"{incoming}.{c}"
+        for c in _DATA
+    )
+
+
+def _rank(alias: str) -> str:
+    cases = " ".join(f"WHEN '{status.value}' THEN {rank}" for status, rank in STATUS_RANK.items())
+    return f"(CASE {alias}.status {cases} END)"
+
+
+def _not_older(incoming: str, stored: str) -> str:
+    # The rule of batch.supersedes, in SQL: report times when both differ, else status order.
+    return (
+        f"(CASE WHEN {incoming}.reported_at IS NOT NULL AND {stored}.reported_at IS NOT NULL "
+        f"AND {incoming}.reported_at <> {stored}.reported_at "
+        f"THEN {incoming}.reported_at > {stored}.reported_at "
+        f"ELSE {_rank(incoming)} >= {_rank(stored)} END)"
+    )
+
+
+def _upsert_sql(kind: Literal["external", "natural"]) -> bytes:
+    if kind == "external":
+        target = "(external_match_id)"
+        same_key = "{a}.external_match_id = {b}.external_match_id"
+    else:
+        target = f"({', '.join(_NATURAL_KEY)}) WHERE external_match_id IS NULL"
+        same_key = " AND ".join(f"{{a}}.{c} = {{b}}.{c}" for c in _NATURAL_KEY)
+        same_key = "{a}.external_match_id IS NULL AND {b}.external_match_id IS NULL AND " + (
+            same_key
+        )
+    arguments = ", ".join(f"%s::{kind_}[]" for _, kind_ in _INPUT)
+    names = ", ".join(name for name, _ in _INPUT)
+    columns = ("external_match_id", *_DATA, "reported_at")
+    assignments = ", ".join(
+        [
+            *(f"{c} = COALESCE(excluded.{c}, m.{c})" for c in _DATA if c in _KEEP_WHEN_ABSENT),
+            *(f"{c} = excluded.{c}" for c in _DATA if c not in _KEEP_WHEN_ABSENT),
+            "reported_at = GREATEST(excluded.reported_at, m.reported_at)",
+            "updated_at = now()",
+        ]
+    )
+    stored = ", ".join(f"m.{c}" for c in _DATA)
+    current = ", ".join(f"cur.{c}" for c in _DATA)
+    sql = f"""
+WITH r AS (
+    SELECT i.ord, i.external_match_id, s.id AS season_id, a.id AS age_group_id,
+           d.id AS division_id, h.id AS home_team_id, w.id AS away_team_id,
+           i.match_date, i.kickoff, i.match_type, i.location, i.notes,
+           i.home_score, i.away_score, i.status, i.reported_at
+    FROM unnest({arguments}) WITH ORDINALITY AS i({names}, ord)
+    LEFT JOIN seasons s ON s.name_key = i.season_key
+    LEFT JOIN age_groups a ON a.name_key = i.age_group_key
+    LEFT JOIN divisions d ON d.name_key = i.division_key
+    LEFT JOIN teams h ON h.name_key = i.home_key
+    LEFT JOIN teams w ON w.name_key = i.away_key
+),
+up AS (
+    INSERT INTO matches AS m ({", ".join(columns)})
+    SELECT {", ".join(columns)} FROM r ORDER BY ord
+    ON CONFLICT {target} DO UPDATE SET {assignments}
+    WHERE {_not_older("excluded", "m")}
+      AND ({stored}) IS DISTINCT FROM ({_merged("excluded", "m")})
+    RETURNING m.external_match_id, {", ".join(f"m.{c}" for c in _NATURAL_KEY)},
+              (m.xmax = 0) AS created
+)
+SELECT r.ord, up.created, ({current}) IS NOT DISTINCT FROM ({_merged("r", "cur")}) AS same
+FROM r
+LEFT JOIN up ON {same_key.format(a="up", b="r")}
+LEFT JOIN matches cur ON {same_key.format(a="cur", b="r")}
+ORDER BY r.ord
+"""  # noqa: S608 - built from constants only
+    return sql.encode()
+
+
+_UPSERT_SQL: Final = {kind: _upsert_sql(kind) for kind in ("external", "natural")}
