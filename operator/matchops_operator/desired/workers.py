@@ -1,0 +1,149 @@
+"""The worker Deployment: consumers of the pipeline's queue, sized by the autoscaler."""
+
+from __future__ import annotations
+
+import math
+
+from lightkube.models.apps_v1 import DeploymentSpec
+from lightkube.models.core_v1 import (
+    Container,
+    ContainerPort,
+    HTTPGetAction,
+    PodSpec,
+    PodTemplateSpec,
+    Probe,
+)
+from lightkube.models.meta_v1 import LabelSelector, ObjectMeta
+from lightkube.resources.apps_v1 import Deployment
+from matchops_worker.durations import format_duration
+from matchops_worker.topology import Topology
+
+from matchops_operator.desired.common import (
+    Owner,
+    PullPolicy,
+    container_security,
+    labels,
+    metadata,
+    plain_env,
+    pod_security,
+    resources,
+    secret_env,
+    selector_labels,
+    tmp_mount,
+    tmp_volume,
+)
+from matchops_operator.spec import MatchIngestionSpec
+
+CONTAINER = "worker"
+MIGRATE_CONTAINER = "migrate"
+METRICS_PORT = 9100
+METRICS_PORT_NAME = "metrics"
+# The worker's image runs as any uid; a fixed non-root one lets runAsNonRoot be verified.
+RUN_AS = 65532
+# On SIGTERM a worker stops consuming, then stores and acknowledges the batch in hand: the
+# batch may still be filling (batchWait) and its transaction needs time to commit, even when
+# the database is slow.
+BATCH_COMMIT_ALLOWANCE_SECONDS = 30
+REVISIONS_KEPT = 3
+
+
+def worker_deployment(
+    owner: Owner,
+    spec: MatchIngestionSpec,
+    topology: Topology,
+    *,
+    image: str,
+    replicas: int,
+    pull_policy: PullPolicy | None = None,
+) -> Deployment:
+    """The worker Deployment at `replicas`, running `image` with the topology in its env."""
+    workers = spec.workers
+    env = [
+        secret_env("MATCHOPS_AMQP_URL", spec.broker.secret_ref),
+        secret_env("MATCHOPS_DATABASE_DSN", spec.database.secret_ref),
+        *plain_env(worker_settings(spec, topology)),
+    ]
+    security = container_security()
+    migrate = Container(
+        name=MIGRATE_CONTAINER,
+        image=image,
+        imagePullPolicy=pull_policy,
+        # Safe when many pods start at once: the migration takes an advisory lock.
+        command=["matchops-worker", "migrate"],
+        env=[
+            secret_env("MATCHOPS_DATABASE_DSN", spec.database.secret_ref),
+            *plain_env({"MATCHOPS_LOG_LEVEL": workers.log_level}),
+        ],
+        resources=resources(workers.resources),
+        securityContext=security,
+        volumeMounts=[tmp_mount()],
+    )
+    worker = Container(
+        name=CONTAINER,
+        image=image,
+        imagePullPolicy=pull_policy,
+        command=["matchops-worker"],
+        env=env,
+        ports=[ContainerPort(name=METRICS_PORT_NAME, containerPort=METRICS_PORT)],
+        livenessProbe=_probe("/healthz", period=10, failures=3),
+        readinessProbe=_probe("/readyz", period=5, failures=2),
+        resources=resources(workers.resources),
+        securityContext=security,
+        volumeMounts=[tmp_mount()],
+    )
+    pod_labels = labels(owner, "worker")
+    return Deployment(
+        apiVersion="apps/v1",
+        kind="Deployment",
+        metadata=metadata(owner, "worker"),
+        spec=DeploymentSpec(
+            replicas=replicas,
+            revisionHistoryLimit=REVISIONS_KEPT,
+            selector=LabelSelector(matchLabels=selector_labels(owner, "worker")),
+            template=PodTemplateSpec(
+                metadata=ObjectMeta(labels=pod_labels),
+                spec=PodSpec(
+                    initContainers=[migrate],
+                    containers=[worker],
+                    automountServiceAccountToken=False,
+                    securityContext=pod_security(RUN_AS),
+                    terminationGracePeriodSeconds=grace_period_seconds(spec),
+                    volumes=[tmp_volume()],
+                ),
+            ),
+        ),
+    )
+
+
+def worker_settings(spec: MatchIngestionSpec, topology: Topology) -> dict[str, str]:
+    """The worker's non-secret configuration, in the variables `matchops_worker.config` reads."""
+    workers = spec.workers
+    return {
+        "MATCHOPS_QUEUE": topology.queue,
+        "MATCHOPS_EXCHANGE": topology.exchange,
+        "MATCHOPS_ROUTING_KEYS": ",".join(topology.routing_keys),
+        "MATCHOPS_QUEUE_TYPE": topology.queue_type,
+        "MATCHOPS_RETRY_DELAYS": ",".join(format_duration(d) for d in topology.retry_delays),
+        "MATCHOPS_DEAD_LETTER_QUEUE": topology.dead_letter_queue,
+        "MATCHOPS_PREFETCH": str(workers.prefetch),
+        "MATCHOPS_BATCH_SIZE": str(workers.batch_size),
+        "MATCHOPS_BATCH_WAIT": workers.batch_wait,
+        "MATCHOPS_METRICS_PORT": str(METRICS_PORT),
+        "MATCHOPS_LOG_LEVEL": workers.log_level,
+        # The operator declares the topology (and repairs it); workers only consume.
+        "MATCHOPS_DECLARE_TOPOLOGY": "false",
+    }
+
+
+def grace_period_seconds(spec: MatchIngestionSpec) -> int:
+    """Time for a terminating worker to fill, store and acknowledge its last batch."""
+    return BATCH_COMMIT_ALLOWANCE_SECONDS + math.ceil(spec.workers.batch_wait_seconds)
+
+
+def _probe(path: str, *, period: int, failures: int) -> Probe:
+    return Probe(
+        httpGet=HTTPGetAction(path=path, port=METRICS_PORT_NAME),
+        periodSeconds=period,
+        failureThreshold=failures,
+        timeoutSeconds=2,
+    )

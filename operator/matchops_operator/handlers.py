@@ -1,0 +1,63 @@
+"""kopf handlers: thin adapters from kopf's causes to the Reconciler.
+
+- create / resume / spec update: reconcile now; a failure that keeps the queue from being read
+  (missing Secret, unreachable broker, refused credentials) is retried with backoff.
+- a timer per resource: poll the backlog, scale, and repair drift of the topology and children.
+- delete: honour `deletionPolicy` (Delete removes the queues) behind a finalizer.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from matchops_operator.config import OperatorSettings
+from matchops_operator.reconciler import Reconciler
+from matchops_operator.spec import GROUP, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+
+
+def register(
+    registry: kopf.OperatorRegistry, reconciler: Reconciler, settings: OperatorSettings
+) -> None:
+    """Register the MatchIngestion handlers in `registry`."""
+
+    @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
+    @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
+    @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile", field="spec", registry=registry)
+    async def reconcile(body: kopf.Body, **_: Any) -> None:
+        outcome = await reconciler.reconcile(body)
+        for problem in outcome.problems:
+            log.warning(
+                "%s/%s: %s: %s",
+                body.metadata.namespace,
+                body.metadata.name,
+                problem.reason,
+                problem.message,
+            )
+        if outcome.retry_after is not None:
+            raise kopf.TemporaryError(outcome.summary, delay=outcome.retry_after)
+
+    @kopf.timer(
+        GROUP,
+        VERSION,
+        PLURAL,
+        id="poll",
+        interval=settings.poll_interval,
+        sharp=False,
+        registry=registry,
+    )
+    async def poll(body: kopf.Body, uid: str, **_: Any) -> None:
+        if not reconciler.backing_off(uid):
+            await reconciler.reconcile(body)
+
+    @kopf.on.delete(GROUP, VERSION, PLURAL, id="delete", registry=registry)
+    async def delete(body: kopf.Body, uid: str, **_: Any) -> None:
+        outcome = await reconciler.delete(body)
+        if outcome.retry_after is not None:
+            raise kopf.TemporaryError(outcome.summary, delay=outcome.retry_after)
+        log.info("%s/%s: %s", body.metadata.namespace, body.metadata.name, outcome.summary)
+        reconciler.forget(uid)

@@ -1,0 +1,197 @@
+"""`matchops-operator`: settings from flags and environment, then the kopf reactor."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import kopf
+from matchops_worker.durations import DurationError, parse_duration
+
+from matchops_operator import handlers
+from matchops_operator.config import PULL_POLICIES, OperatorSettings
+from matchops_operator.desired.common import MANAGER, PullPolicy
+from matchops_operator.kube import Kube
+from matchops_operator.reconciler import Reconciler
+
+FINALIZER = "matchops.dev/finalizer"
+ANNOTATION_PREFIX = "matchops.dev"
+
+
+def parse_args(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> tuple[OperatorSettings, argparse.Namespace]:
+    """Operator settings from flags, each defaulting to its environment variable."""
+    env = os.environ if env is None else env
+    parser = argparse.ArgumentParser(
+        prog="matchops-operator",
+        description="Runs MatchIngestion pipelines: scraper CronJob, RabbitMQ topology, "
+        "worker Deployment sized to the backlog.",
+    )
+    parser.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=None,
+        help="watch this namespace (repeat for several; globs allowed); default: "
+        "$MATCHOPS_WATCH_NAMESPACES (comma-separated), else all namespaces",
+    )
+    parser.add_argument(
+        "--poll-interval",
+        default=env.get("MATCHOPS_POLL_INTERVAL", "10s"),
+        help="how often each pipeline's backlog is read and drift repaired "
+        "(duration; $MATCHOPS_POLL_INTERVAL, default 10s)",
+    )
+    parser.add_argument(
+        "--worker-image",
+        default=env.get("MATCHOPS_OPERATOR_IMAGE", ""),
+        help="worker image when spec.workers.image is empty: the operator's own image "
+        "($MATCHOPS_OPERATOR_IMAGE)",
+    )
+    parser.add_argument(
+        "--image-pull-policy",
+        choices=PULL_POLICIES,
+        default=env.get("MATCHOPS_IMAGE_PULL_POLICY") or None,
+        help="imagePullPolicy of the scraper and worker containers ($MATCHOPS_IMAGE_PULL_POLICY; "
+        "default: Kubernetes' own, Always for :latest tags)",
+    )
+    parser.add_argument(
+        "--liveness-port",
+        type=int,
+        default=int(env.get("MATCHOPS_LIVENESS_PORT", "8080")),
+        help="port of the /healthz liveness endpoint, 0 to disable ($MATCHOPS_LIVENESS_PORT, "
+        "default 8080)",
+    )
+    parser.add_argument(
+        "--standalone",
+        action=argparse.BooleanOptionalAction,
+        default=_flag(env.get("MATCHOPS_STANDALONE", "false")),
+        help="run without peering: only ever run one replica then ($MATCHOPS_STANDALONE)",
+    )
+    parser.add_argument(
+        "--peering-name",
+        default=env.get("MATCHOPS_PEERING_NAME", "matchops"),
+        help="kopf peering object that lets one of several replicas act ($MATCHOPS_PEERING_NAME)",
+    )
+    parser.add_argument(
+        "--retry-max-delay",
+        default=env.get("MATCHOPS_RETRY_MAX_DELAY", "1m"),
+        help="longest wait between retries of a failing pipeline (duration; "
+        "$MATCHOPS_RETRY_MAX_DELAY, default 1m)",
+    )
+    parser.add_argument(
+        "--kubeconfig",
+        type=Path,
+        default=None,
+        help="kubeconfig file (default: in-cluster credentials, else $KUBECONFIG)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=env.get("MATCHOPS_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+    )
+    parser.add_argument(
+        "--log-format",
+        default=env.get("MATCHOPS_LOG_FORMAT", "json"),
+        choices=["json", "plain"],
+        help="log lines as JSON (default) or plain text ($MATCHOPS_LOG_FORMAT)",
+    )
+    args = parser.parse_args(argv)
+    namespaces = args.namespace or [
+        item.strip() for item in env.get("MATCHOPS_WATCH_NAMESPACES", "").split(",")
+    ]
+    try:
+        poll = parse_duration(args.poll_interval)
+        retry_max = parse_duration(args.retry_max_delay)
+    except DurationError as exc:
+        parser.error(str(exc))
+    if poll <= 0:
+        parser.error("--poll-interval must be positive")
+    settings = OperatorSettings(
+        namespaces=tuple(ns for ns in namespaces if ns),
+        poll_interval=poll,
+        worker_image=args.worker_image,
+        image_pull_policy=cast(PullPolicy | None, args.image_pull_policy),
+        liveness_port=args.liveness_port or None,
+        standalone=args.standalone,
+        peering_name=args.peering_name,
+        retry_min_delay=min(5.0, retry_max),
+        retry_max_delay=retry_max,
+        kubeconfig=args.kubeconfig,
+    )
+    return settings, args
+
+
+def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
+    """kopf's settings: our finalizer and annotations, our own Events only."""
+    configured = kopf.OperatorSettings()
+    configured.persistence.finalizer = FINALIZER
+    configured.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=ANNOTATION_PREFIX
+    )
+    configured.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    # The reconciler records the Events users read; kopf's own would repeat them.
+    configured.posting.enabled = False
+    configured.peering.name = settings.peering_name
+    configured.peering.standalone = settings.standalone
+    configured.peering.clusterwide = not settings.namespaces
+    # Reconnect watches regularly so a silently dropped connection cannot stall the operator.
+    configured.watching.server_timeout = 270
+    configured.watching.client_timeout = 300
+    return configured
+
+
+def build(settings: OperatorSettings) -> tuple[kopf.OperatorRegistry, Reconciler, Kube]:
+    """The handler registry and the reconciler behind it."""
+    kube = Kube.connect(settings.kubeconfig, instance=os.environ.get("HOSTNAME") or MANAGER)
+    reconciler = Reconciler(kube, settings)
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, reconciler, settings)
+    return registry, reconciler, kube
+
+
+async def run(settings: OperatorSettings, stop_flag: Any = None, ready_flag: Any = None) -> None:
+    """Run the operator until stopped."""
+    registry, _, kube = build(settings)
+    try:
+        await kopf.operator(
+            registry=registry,
+            settings=kopf_settings(settings),
+            standalone=settings.standalone,
+            peering_name=settings.peering_name,
+            clusterwide=not settings.namespaces,
+            namespaces=settings.namespaces,
+            liveness_endpoint=(
+                f"http://0.0.0.0:{settings.liveness_port}/healthz"
+                if settings.liveness_port
+                else None
+            ),
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )
+    finally:
+        await kube.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings, args = parse_args(argv)
+    if settings.kubeconfig is not None:
+        # kopf logs in from $KUBECONFIG; point it at the same file as our own client.
+        os.environ["KUBECONFIG"] = str(settings.kubeconfig)
+    kopf.configure(
+        verbose=args.log_level == "debug",
+        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
+    )
+    logging.getLogger().setLevel(args.log_level.upper())
+    asyncio.run(run(settings))
+
+
+def _flag(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")

@@ -1,0 +1,412 @@
+"""One reconciliation of a MatchIngestion: read, build, apply, observe, scale, report.
+
+The kopf handlers call `Reconciler.reconcile` on every change and on every poll; both paths run
+the same code, one at a time per resource. Decisions are made by the pure modules (`spec`,
+`desired`, `scaling`, `conditions`, `status`); this module only sequences them with the two
+adapters (`kube`, `broker`) and keeps, per resource, what the last run learned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.batch_v1 import CronJob
+from matchops_worker.topology import Topology
+
+from matchops_operator import broker, conditions, scaling
+from matchops_operator.conditions import EventSpec, Part
+from matchops_operator.config import OperatorSettings
+from matchops_operator.desired.common import Owner, child_name
+from matchops_operator.desired.scraper import scraper_cronjob
+from matchops_operator.desired.topology import topology_for
+from matchops_operator.desired.workers import worker_deployment
+from matchops_operator.kube import Kube
+from matchops_operator.problems import Problem, stalled
+from matchops_operator.spec import MatchIngestionSpec, SpecError, WorkersSpec, parse_spec
+from matchops_operator.status import (
+    OWNED,
+    backlog_status,
+    history_from_status,
+    rfc3339,
+    scraper_status,
+    status_patch,
+    topology_status,
+    workers_status,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Resource:
+    """The parts of a MatchIngestion body a reconciliation reads."""
+
+    owner: Owner
+    generation: int
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any]
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Resource:
+        metadata = body["metadata"]
+        return cls(
+            owner=Owner(metadata["name"], metadata["namespace"], metadata["uid"]),
+            generation=int(metadata.get("generation") or 0),
+            spec=body.get("spec") or {},
+            status=body.get("status") or {},
+        )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a reconciliation ended with."""
+
+    problems: tuple[Problem, ...] = ()
+    # Seconds until the next attempt, when a failure keeps polling from doing any good.
+    retry_after: float | None = None
+    done: str = ""
+
+    @property
+    def summary(self) -> str:
+        return "; ".join(f"{p.reason}: {p.message}" for p in self.problems) or self.done
+
+
+@dataclass
+class _Memory:
+    """Per resource, what the last reconciliation learned (status may lag in kopf's body)."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    status: dict[str, Any] | None = None
+    history: scaling.History | None = None
+    failures: int = 0
+    next_attempt: float = 0.0
+
+
+class Reconciler:
+    """Reconciles MatchIngestions through the Kubernetes and RabbitMQ adapters."""
+
+    def __init__(
+        self, kube: Kube, settings: OperatorSettings, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._kube = kube
+        self._settings = settings
+        self._clock = clock
+        self._memory: dict[str, _Memory] = {}
+
+    def forget(self, uid: str) -> None:
+        """Drop what was kept for a deleted resource."""
+        self._memory.pop(uid, None)
+
+    def backing_off(self, uid: str) -> bool:
+        """Whether the last failure's backoff has not yet passed (polls skip until it has)."""
+        memory = self._memory.get(uid)
+        return memory is not None and self._clock() < memory.next_attempt
+
+    async def reconcile(self, body: Mapping[str, Any]) -> Outcome:
+        """Converge one MatchIngestion; failures end up in its status, Events and the Outcome."""
+        resource = Resource.from_body(body)
+        memory = self._memory.setdefault(resource.owner.uid, _Memory())
+        async with memory.lock:
+            run = _Run(self._kube, self._settings, resource, memory, self._clock())
+            observed = await run.execute()
+            if not run.problems:
+                memory.failures, memory.next_attempt = 0, 0.0
+                return Outcome()
+            if observed:
+                # Polling still works (e.g. a queue conflict): it goes on as usual.
+                memory.failures, memory.next_attempt = 0, 0.0
+                return Outcome(tuple(run.problems))
+            return Outcome(tuple(run.problems), self._back_off(memory))
+
+    def _back_off(self, memory: _Memory) -> float:
+        memory.failures += 1
+        delay = self._settings.backoff(memory.failures)
+        memory.next_attempt = self._clock() + delay
+        return delay
+
+    async def delete(self, body: Mapping[str, Any]) -> Outcome:
+        """Honour deletionPolicy: Retain keeps the queues, Delete removes them.
+
+        A broker that cannot be reached is retried with backoff (the resource stays until the
+        queues are gone, or until deletionPolicy is changed to Retain). A Secret that is gone,
+        as when its namespace is being deleted, leaves nothing to connect with: the queues stay
+        on the broker and an Event says so, rather than blocking the deletion forever.
+        """
+        resource = Resource.from_body(body)
+        owner = resource.owner
+        memory = self._memory.setdefault(owner.uid, _Memory())
+        try:
+            spec = parse_spec(resource.spec)
+            topology = topology_for(owner.name, spec.broker)
+        except SpecError as exc:
+            return Outcome(done=f"queues kept: the spec does not name them ({exc})")
+        if spec.broker.deletion_policy == "Retain":
+            names = ", ".join(q.name for q in topology.queues)
+            return Outcome(done=f"deletionPolicy Retain: kept queues {names}")
+        names = ", ".join(q.name for q in topology.queues)
+        try:
+            access = await _broker_access(self._kube, owner, spec)
+            await asyncio.to_thread(broker.delete_topology, access, topology)
+        except Problem as problem:
+            if problem.reason in ("SecretNotFound", "SecretKeyNotFound"):
+                message = f"queues {names} kept on the broker: {problem.message}"
+                await self._record(owner, EventSpec("Warning", "QueuesKept", message))
+                return Outcome(done=message)
+            if memory.failures == 0:
+                message = (
+                    f"cannot delete queues {names} (deletionPolicy Delete): {problem.message}; "
+                    "retrying; set deletionPolicy: Retain to keep them and let go"
+                )
+                await self._record(owner, EventSpec("Warning", problem.reason, message))
+            return Outcome((problem,), self._back_off(memory))
+        message = f"deletionPolicy Delete: deleted queues {names}"
+        await self._record(owner, EventSpec("Normal", "QueuesDeleted", message))
+        return Outcome(done=message)
+
+    async def _record(self, owner: Owner, event: EventSpec) -> None:
+        await _record(self._kube, owner, event)
+
+
+@dataclass(frozen=True)
+class _Workers:
+    decision: scaling.Decision
+    deployment: Deployment | None
+    part: Part
+    scaled: bool = False
+
+
+class _Run:
+    """One reconciliation's working state."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        settings: OperatorSettings,
+        resource: Resource,
+        memory: _Memory,
+        now: float,
+    ) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.resource = resource
+        self.owner = resource.owner
+        self.memory = memory
+        self.now = now
+        self.previous: Mapping[str, Any] = memory.status or resource.status
+        self.problems: list[Problem] = []
+        self.events: list[EventSpec] = []
+
+    async def execute(self) -> bool:
+        """Reconcile and report; whether the queue could be observed."""
+        try:
+            spec = parse_spec(self.resource.spec)
+            topology = topology_for(self.owner.name, spec.broker)
+        except SpecError as exc:
+            problem = self._failed(stalled("InvalidSpec", str(exc)))
+            await self._report([problem.part(kind) for kind in conditions.PART_TYPES], {})
+            return False
+
+        report, topology_part = await self._broker(spec, topology)
+        cronjob, scraper_part = await self._scraper(spec, topology)
+        observation = report.observation if report is not None else None
+        workers = await self._workers(spec, topology, observation)
+
+        previous_topology = self.previous.get("topology") or {}
+        policy = report.policy if report is not None else previous_topology.get("policy")
+        blocks: dict[str, Any] = {
+            "topology": topology_status(topology, policy),
+            "workers": workers_status(
+                workers.decision.history,
+                _ready_replicas(workers.deployment),
+                self.previous.get("workers"),
+                scaled=(self.now, workers.decision.reason) if workers.scaled else None,
+            ),
+        }
+        if report is not None and report.observation is not None:
+            blocks["backlog"] = backlog_status(
+                report.observation, report.dead_lettered, self.previous.get("backlog")
+            )
+        scraper_block = scraper_status(cronjob)
+        if scraper_block is not None:
+            blocks["scraper"] = scraper_block
+        await self._report([topology_part, scraper_part, workers.part], blocks)
+        self.memory.history = workers.decision.history
+        return observation is not None
+
+    def _failed(self, problem: Problem) -> Problem:
+        self.problems.append(problem)
+        return problem
+
+    async def _broker(
+        self, spec: MatchIngestionSpec, topology: Topology
+    ) -> tuple[broker.BrokerReport | None, Part]:
+        """Declare the topology and read the queue; the report and TopologyReady."""
+        try:
+            access = await _broker_access(self.kube, self.owner, spec)
+            report = await asyncio.to_thread(broker.sync, access, topology)
+        except Problem as problem:
+            return None, self._failed(problem).part(conditions.TOPOLOGY_READY)
+        if report.problem is not None:
+            return report, self._failed(report.problem).part(conditions.TOPOLOGY_READY)
+        return report, conditions.topology_part(topology, report.policy)
+
+    async def _scraper(
+        self, spec: MatchIngestionSpec, topology: Topology
+    ) -> tuple[CronJob | None, Part]:
+        """Apply (or remove) the scraper CronJob; it as applied and ScraperReady."""
+        name = child_name(self.owner, "scraper")
+        try:
+            existing = await self.kube.get(CronJob, self.owner, name)
+            if spec.scraper is None:
+                if existing is not None:
+                    await self.kube.delete_child(existing, self.owner)
+                return None, conditions.scraper_part(name, None)
+            desired = scraper_cronjob(
+                self.owner, spec.scraper, spec.broker, topology, self.settings.image_pull_policy
+            )
+            applied = await self.kube.apply(desired, existing, self.owner)
+        except Problem as problem:
+            return None, self._failed(problem).part(conditions.SCRAPER_READY)
+        if applied.created:
+            self.events.append(EventSpec("Normal", "Created", f"Created CronJob {name}"))
+        return applied.object, conditions.scraper_part(name, applied.object)
+
+    async def _workers(
+        self,
+        spec: MatchIngestionSpec,
+        topology: Topology,
+        observation: scaling.Observation | None,
+    ) -> _Workers:
+        """Decide the replicas and apply the worker Deployment; with WorkersReady."""
+        name = child_name(self.owner, "worker")
+        limits = _limits(spec.workers)
+        try:
+            existing = await self.kube.get(Deployment, self.owner, name)
+        except Problem as problem:
+            history = self.memory.history or history_from_status(self.previous, limits.min_replicas)
+            part = self._failed(problem).part(conditions.WORKERS_READY)
+            return _Workers(scaling.Decision(history.replicas, "not applied", history), None, part)
+        start = _replicas(existing) if existing is not None else limits.min_replicas
+        history = self.memory.history or history_from_status(self.previous, start)
+        decision = (
+            scaling.decide(observation, limits, history)
+            if observation is not None
+            else scaling.hold(limits, history)
+        )
+        try:
+            await self.kube.secret_value(
+                self.owner.namespace, spec.database.secret_ref, "the PostgreSQL DSN"
+            )
+            desired = worker_deployment(
+                self.owner,
+                spec,
+                topology,
+                image=self._worker_image(spec),
+                replicas=decision.replicas,
+                pull_policy=self.settings.image_pull_policy,
+            )
+            applied = await self.kube.apply(desired, existing, self.owner)
+        except Problem as problem:
+            # Nothing was applied: keep what the measurements taught, not the new replicas.
+            kept = replace(decision.history, replicas=history.replicas)
+            part = self._failed(problem).part(conditions.WORKERS_READY)
+            return _Workers(scaling.Decision(history.replicas, "not applied", kept), None, part)
+        if applied.created:
+            self.events.append(EventSpec("Normal", "Created", f"Created Deployment {name}"))
+        scaled = decision.replicas != history.replicas
+        if scaled:
+            self.events.append(
+                EventSpec(
+                    "Normal",
+                    "Scaled",
+                    f"Scaled workers {history.replicas} → {decision.replicas}: {decision.reason}",
+                )
+            )
+        part = conditions.workers_part(name, applied.object)
+        return _Workers(decision, applied.object, part, scaled)
+
+    def _worker_image(self, spec: MatchIngestionSpec) -> str:
+        image = spec.workers.image or self.settings.worker_image
+        if not image:
+            raise stalled(
+                "NoWorkerImage",
+                "spec.workers.image is empty and the operator has no image of its own "
+                "(MATCHOPS_OPERATOR_IMAGE); set one of them",
+            )
+        return image
+
+    async def _report(self, parts: list[Part], blocks: dict[str, Any]) -> None:
+        """Write what changed in status, then record the Events of this run."""
+        previous_conditions = self.previous.get("conditions") or []
+        new = {
+            **{k: v for k, v in self.previous.items() if k in OWNED},
+            **blocks,
+            "observedGeneration": self.resource.generation,
+            "conditions": conditions.render(
+                parts,
+                generation=self.resource.generation,
+                now=rfc3339(self.now),
+                previous=previous_conditions,
+            ),
+        }
+        patch = status_patch(self.previous, new)
+        if patch:
+            await self.kube.patch_status(self.owner, patch)
+        self.memory.status = new
+        for event in [*self.events, *conditions.events(parts, previous_conditions)]:
+            await _record(self.kube, self.owner, event)
+
+
+async def _record(kube: Kube, owner: Owner, event: EventSpec) -> None:
+    try:
+        await kube.record(owner, event)
+    except Exception:
+        # An Event is a courtesy: failing to post one must not fail the reconciliation.
+        log.exception("could not record Event %s on %s", event.reason, owner.name)
+
+
+async def _broker_access(kube: Kube, owner: Owner, spec: MatchIngestionSpec) -> broker.BrokerAccess:
+    ref = spec.broker.secret_ref
+    url = await kube.secret_value(owner.namespace, ref, "the broker's AMQP URL")
+    management = spec.broker.management_secret_ref
+    management_url = None
+    if management is not None:
+        management_url = await kube.secret_value(
+            owner.namespace, management, "the RabbitMQ management API URL"
+        )
+    return broker.BrokerAccess(
+        amqp_url=url,
+        source=f"Secret {owner.namespace}/{ref.name} key {ref.key!r}",
+        management_url=management_url,
+        management_source=(
+            f"Secret {owner.namespace}/{management.name} key {management.key!r}"
+            if management
+            else None
+        ),
+    )
+
+
+def _limits(workers: WorkersSpec) -> scaling.Limits:
+    return scaling.Limits(
+        min_replicas=workers.min_replicas,
+        max_replicas=workers.max_replicas,
+        target_backlog_per_replica=workers.target_backlog_per_replica,
+        target_drain_seconds=workers.target_drain_seconds,
+        scale_down_delay_seconds=workers.scale_down_delay_seconds,
+    )
+
+
+def _replicas(deployment: Deployment) -> int:
+    spec = deployment.spec
+    return spec.replicas if spec is not None and spec.replicas is not None else 1
+
+
+def _ready_replicas(deployment: Deployment | None) -> int:
+    status = deployment.status if deployment is not None else None
+    return (status.readyReplicas or 0) if status is not None else 0
