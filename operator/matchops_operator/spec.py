@@ -60,7 +60,7 @@ class ScraperSpec(_Model):
 class RetrySpec(_Model):
     """Delayed redelivery after a transient failure."""
 
-    delays: tuple[str, ...] = ("10s", "1m", "5m")
+    delays: tuple[str, ...] = Field(default=("10s", "1m", "5m"), min_length=1, max_length=10)
 
     @field_validator("delays")
     @classmethod
@@ -93,12 +93,12 @@ class WorkersSpec(_Model):
 
     image: str = ""
     min_replicas: int = Field(default=0, ge=0)
-    max_replicas: int = Field(default=10, ge=0)
+    max_replicas: int = Field(default=10, ge=0, le=1000)
     target_backlog_per_replica: int = Field(default=500, ge=1)
     target_drain_seconds: int = Field(default=60, ge=1)
     scale_down_delay_seconds: int = Field(default=300, ge=0)
     prefetch: int = Field(default=200, ge=1, le=65535)
-    batch_size: int = Field(default=200, ge=1)
+    batch_size: int = Field(default=200, ge=1, le=10000)
     batch_wait: str = "200ms"
     log_level: LogLevel = "info"
     resources: dict[str, Any] = Field(default_factory=dict)
