@@ -48,17 +48,22 @@ RUN --mount=type=secret,id=ca-bundle --mount=type=cache,target=/root/.cache/uv \
         /opt/matchops/lib/python3*/site-packages/matchops_*
 
 FROM ${BASE_IMAGE}
-ARG BASE_IMAGE
-ARG VERSION=dev
-LABEL org.opencontainers.image.title="matchops" \
-      org.opencontainers.image.description="Kubernetes operator and worker for a match-data ingestion pipeline (RabbitMQ to PostgreSQL)" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.base.name="${BASE_IMAGE}"
 # A named account for the numeric user, so tools that look the user up find one; no home.
 RUN groupadd --gid 65532 matchops \
  && useradd --uid 65532 --gid 65532 --no-log-init --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin matchops
+ARG BASE_IMAGE
+ARG VERSION=dev
+# REVISION names the sources (a commit, or a digest of the working tree). Being set before the
+# COPY below, it also keys that layer's cache: buildah 1.28 (podman 4.3) reuses a cached
+# `COPY --from` layer even after the stage it copies from was rebuilt.
+ARG REVISION=""
+LABEL org.opencontainers.image.title="matchops" \
+      org.opencontainers.image.description="Kubernetes operator and worker for a match-data ingestion pipeline (RabbitMQ to PostgreSQL)" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.base.name="${BASE_IMAGE}"
 COPY --from=builder /opt/matchops /opt/matchops
 ENV PATH=/opt/matchops/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -22,6 +22,10 @@ sync: deps ## install the Python environment from uv.lock
 toolchain: ## build etcd, Kubernetes and helm from the pinned Go modules into the cache
 	e2e/toolchain/build.sh
 
+.PHONY: cluster
+cluster: sync toolchain ## run a local Kubernetes control plane until Ctrl-C (see docs/development.md)
+	$(UV) run --locked python -m matchops_devenv cluster up
+
 .PHONY: lint
 lint: sync ## ruff check, ruff format --check, mypy
 	$(UV) run --locked ruff check .
@@ -40,3 +44,18 @@ test: sync toolchain ## run the whole test suite (unit and real-system tests)
 .PHONY: test-fast
 test-fast: ## run the unit tests only (no broker, database or cluster)
 	$(UV) run pytest -m "not integration"
+
+IMG ?= localhost/matchops:dev
+CONTAINER_TOOL ?= docker
+
+.PHONY: base-image
+base-image: deps ## make the Debian base image from Debian packages (root, first time only)
+	$(UV) run --locked python -m matchops_devenv images base
+
+.PHONY: image
+image: deps ## build the image with podman on the local Debian base (IMG=localhost/matchops:dev)
+	$(UV) run --locked python -m matchops_devenv images project --tag $(IMG)
+
+.PHONY: docker-build
+docker-build: ## build the image from the public Python base (CONTAINER_TOOL=docker, IMG=...)
+	$(CONTAINER_TOOL) build -t $(IMG) .
