@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import signal
 import sys
 import threading
@@ -26,6 +27,21 @@ def default_state_dir() -> Path:
     return toolchain.cache_dir() / "cluster"
 
 
+def _address(text: str) -> str:
+    """An IP address option, refused by argparse with a clear message when it is not one."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _network(text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(text, strict=True))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def register(commands: argparse._SubParsersAction[Any]) -> None:
     """Add the `cluster` command and its actions to the top-level parser."""
     parser = commands.add_parser("cluster", help="run a local Kubernetes control plane")
@@ -41,13 +57,21 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     up = actions.add_parser("up", help="start the cluster and keep it running until Ctrl-C")
     up.add_argument(
         "--bind-address",
+        type=_address,
         default=defaults.bind_address,
         help="address the API server listens on (default: %(default)s)",
     )
     up.add_argument(
-        "--advertise-address", help="address published for the API server (default: bind address)"
+        "--advertise-address",
+        type=_address,
+        help="address published for the API server (default: the bind address)",
     )
-    up.add_argument("--service-cidr", default=defaults.service_cidr, help="(default: %(default)s)")
+    up.add_argument(
+        "--service-cidr",
+        type=_network,
+        default=defaults.service_cidr,
+        help="Service cluster IP range (default: %(default)s)",
+    )
     up.add_argument("--port", type=int, default=0, help="API server port (default: a free port)")
     up.set_defaults(run=run_up)
 

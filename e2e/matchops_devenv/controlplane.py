@@ -301,12 +301,14 @@ class ControlPlane:
 
     @property
     def server(self) -> str:
+        """The API server's URL, as clients on this machine dial it."""
         if self.ports is None:
             raise ControlPlaneError("the control plane has not been started")
         return f"https://{_url_host(self.config.client_host)}:{self.ports.apiserver}"
 
     @property
     def access(self) -> ClusterAccess:
+        """The admin kubeconfig, server URL and matching kubectl, for tests and people."""
         return ClusterAccess(self.layout.kubeconfig, self.server, self.program("kubectl"))
 
     def program(self, name: str) -> Path:
@@ -340,6 +342,7 @@ class ControlPlane:
         return next((service for service in self.services if not service.running()), None)
 
     def pids(self) -> list[int]:
+        """Process ids of the running components."""
         return [service.process.pid for service in self.services if service.process is not None]
 
     def write_kubeconfig(
@@ -438,9 +441,9 @@ class ControlPlane:
             "kube-apiserver",
             apiserver_args(self._programs["kube-apiserver"], layout, config, ports),
         )
-        etcd.wait_ready(lambda: _http_ok(f"http://127.0.0.1:{ports.etcd_client}/health"), timeout)
+        etcd.wait_ready(lambda: _ok(f"http://127.0.0.1:{ports.etcd_client}/health"), timeout)
         admin_tls = self._tls(client="admin")
-        apiserver.wait_ready(lambda: _https_ok(f"{self.server}/readyz", admin_tls), timeout)
+        apiserver.wait_ready(lambda: _ok(f"{self.server}/readyz", admin_tls), timeout)
         # Only now: the controller manager exits at once when its RBAC roles, which /readyz
         # waits for, are not bootstrapped yet.
         controller_manager = self._service(
@@ -450,13 +453,13 @@ class ControlPlane:
             ),
         )
         controller_manager.wait_ready(
-            lambda: _https_ok(f"https://127.0.0.1:{ports.controller_manager}/healthz", admin_tls),
+            lambda: _ok(f"https://127.0.0.1:{ports.controller_manager}/healthz", admin_tls),
             timeout,
         )
         # Healthy is not yet running: the `default` ServiceAccount appears once the controllers
         # are, and pods (of Jobs, ReplicaSets) cannot be created in a namespace without it.
         controller_manager.wait_ready(
-            lambda: _https_ok(
+            lambda: _ok(
                 f"{self.server}/api/v1/namespaces/default/serviceaccounts/default", admin_tls
             ),
             timeout,
@@ -468,11 +471,8 @@ class ControlPlane:
         return context
 
 
-def _http_ok(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - fixed scheme
-        return bool(response.status == 200)
-
-
-def _https_ok(url: str, context: ssl.SSLContext) -> bool:
+def _ok(url: str, context: ssl.SSLContext | None = None) -> bool:
+    """Whether `url` answers 200 (errors raise, and `Service.wait_ready` polls on)."""
+    # The URLs are built here from loopback addresses, never taken from input.
     with urllib.request.urlopen(url, timeout=1, context=context) as response:  # noqa: S310
         return bool(response.status == 200)

@@ -7,6 +7,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from matchops_devenv import pki
@@ -53,9 +54,9 @@ def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.25)
 
 
-def _json(cluster: ClusterAccess, *args: str) -> dict[str, object]:
-    result: dict[str, object] = json.loads(cluster.kubectl(*args, "-o", "json").stdout)
-    return result
+def _json(cluster: ClusterAccess, *args: str) -> Any:
+    """kubectl's JSON output for `args`, parsed."""
+    return json.loads(cluster.kubectl(*args, "-o", "json").stdout)
 
 
 def _widget(name: str, namespace: str, low: int, high: int) -> str:
@@ -72,8 +73,8 @@ def _widget(name: str, namespace: str, low: int, high: int) -> str:
 def test_kubectl_reports_the_pinned_server_version(cluster: ClusterAccess) -> None:
     version = _json(cluster, "version")
 
-    assert version["serverVersion"]["gitVersion"] == KUBERNETES_VERSION  # type: ignore[index]
-    assert version["clientVersion"]["gitVersion"] == KUBERNETES_VERSION  # type: ignore[index]
+    assert version["serverVersion"]["gitVersion"] == KUBERNETES_VERSION
+    assert version["clientVersion"]["gitVersion"] == KUBERNETES_VERSION
 
 
 def test_kubectl_lists_namespaces_and_nodes(cluster: ClusterAccess) -> None:
@@ -104,7 +105,7 @@ def test_the_machines_kubectl_works_with_the_kubeconfig(cluster: ClusterAccess) 
 def test_admin_is_a_cluster_admin(cluster: ClusterAccess) -> None:
     whoami = _json(cluster, "auth", "whoami")
 
-    assert "system:masters" in whoami["status"]["userInfo"]["groups"]  # type: ignore[index]
+    assert "system:masters" in whoami["status"]["userInfo"]["groups"]
     assert cluster.kubectl("auth", "can-i", "*", "*").stdout.strip() == "yes"
 
 
@@ -116,7 +117,7 @@ def test_component_kubeconfig_authenticates_as_its_identity(
 
     whoami = _json(scheduler, "auth", "whoami")
 
-    assert whoami["status"]["userInfo"]["username"] == "system:kube-scheduler"  # type: ignore[index]
+    assert whoami["status"]["userInfo"]["username"] == "system:kube-scheduler"
     # RBAC is enforced: the scheduler's role may bind pods but not delete namespaces.
     assert (
         scheduler.kubectl("auth", "can-i", "create", "pods", "--subresource=binding").stdout.strip()
@@ -193,8 +194,8 @@ def test_deployment_controller_creates_a_replicaset_and_its_pods(
 
     eventually(pods_created, timeout=30, what="two pods of the Deployment")
     replicasets = _json(cluster, "get", "replicasets", "-n", namespace)["items"]
-    assert len(replicasets) == 1  # type: ignore[arg-type]
-    owner = replicasets[0]["metadata"]["ownerReferences"][0]  # type: ignore[index]
+    assert len(replicasets) == 1
+    owner = replicasets[0]["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["name"]) == ("Deployment", "web")
 
 
@@ -218,8 +219,8 @@ def test_job_created_from_a_cronjob_gets_its_pod(cluster: ClusterAccess, namespa
     cluster.kubectl("create", "job", "scrape-now", "--from=cronjob/scraper", "-n", namespace)
 
     def job_active() -> bool:
-        status = _json(cluster, "get", "job", "scrape-now", "-n", namespace)["status"]
-        return status.get("active") == 1  # type: ignore[attr-defined]
+        job = _json(cluster, "get", "job", "scrape-now", "-n", namespace)
+        return bool(job["status"].get("active") == 1)
 
     eventually(job_active, timeout=30, what="the Job controller starting a pod")
     pods = cluster.kubectl(
@@ -235,14 +236,14 @@ def test_cronjob_controller_schedules_a_job(cluster: ClusterAccess, namespace: s
         jobs = _json(cluster, "get", "jobs", "-n", namespace)["items"]
         return any(
             ref["kind"] == "CronJob" and ref["name"] == "every-minute"
-            for job in jobs  # type: ignore[attr-defined]
+            for job in jobs
             for ref in job["metadata"].get("ownerReferences", [])
         )
 
     # The first run is at the next minute boundary.
     eventually(scheduled, timeout=75, what="a Job scheduled by the CronJob")
     status = _json(cluster, "get", "cronjob", "every-minute", "-n", namespace)["status"]
-    assert "lastScheduleTime" in status  # type: ignore[operator]
+    assert "lastScheduleTime" in status
 
 
 def test_namespace_fixture_gives_each_test_a_fresh_namespace(
