@@ -94,6 +94,7 @@ def _locked() -> Iterator[None]:
 
 def _run(argv: Sequence[str], what: str, log: Path | None = None) -> str:
     """Run a command; its output goes to `log` when given. Fail with the output's tail."""
+    _require(argv[0])
     if log is None:
         done = subprocess.run(list(argv), capture_output=True, text=True, check=False)
         output = done.stdout + done.stderr
@@ -110,8 +111,14 @@ def _run(argv: Sequence[str], what: str, log: Path | None = None) -> str:
     return ""
 
 
+def _require(program: str) -> None:
+    if shutil.which(program) is None:
+        raise ImageError(f"{program} not found: `make deps` installs what the images need")
+
+
 def _podman_image(name: str) -> tuple[str, str] | None:
     """(id, recipe stamp) of `name` in podman's store, or None if it is not there."""
+    _require("podman")
     done = subprocess.run(
         [
             "podman",
@@ -394,8 +401,6 @@ def import_archive(
 
     Pods then use the image without a registry, with `imagePullPolicy: Never` or IfNotPresent.
     """
-    if shutil.which(ctr) is None:
-        raise ImageError(f"{ctr} not found: install containerd (it ships ctr)")
     argv = [ctr, "--address", address, "--namespace", namespace, "images", "import"]
     if snapshotter:
         argv += ["--snapshotter", snapshotter]
