@@ -40,15 +40,20 @@ class WorkerConfig:
 
     @property
     def batch_limit(self) -> int:
-        """Messages per batch: a batch cannot hold more than the prefetch lets in."""
-        return min(self.batch_size, self.prefetch)
+        """Most messages in one batch: the batch size, and at most half the prefetch.
 
-    def warnings(self) -> list[str]:
-        """Settings that work, but not as the user probably meant."""
-        if self.batch_size > self.prefetch:
+        The broker sends no more than the prefetch of unacked messages; a batch of half of it
+        leaves room to receive the next batch while one is being written.
+        """
+        return max(1, min(self.batch_size, self.prefetch // 2))
+
+    def notes(self) -> list[str]:
+        """What the settings mean in practice, where that is not what they say."""
+        if self.batch_size > self.batch_limit:
             return [
-                f"MATCHOPS_BATCH_SIZE ({self.batch_size}) is above MATCHOPS_PREFETCH "
-                f"({self.prefetch}): batches hold at most {self.prefetch} messages"
+                f"MATCHOPS_BATCH_SIZE is {self.batch_size} but MATCHOPS_PREFETCH is "
+                f"{self.prefetch}: batches hold at most {self.batch_limit} messages (half the "
+                "prefetch); raise the prefetch to twice the batch size for full batches"
             ]
         return []
 

@@ -8,7 +8,7 @@ namings), kept in `workers/schema/match-message.schema.json`.
 
 from __future__ import annotations
 
-import json
+import functools
 import re
 import unicodedata
 import uuid
@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime, time
 from enum import StrEnum
 from typing import Annotated, Any, Final
 
+import orjson
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -120,6 +121,7 @@ ExternalId = Annotated[
 Score = Annotated[int, Field(strict=True, ge=0, le=MAX_SCORE)]
 
 
+@functools.lru_cache(maxsize=65536)
 def name_key(name: str) -> str:
     """The identity of a name: Unicode-normalised, case-folded, inner spacing collapsed."""
     return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
@@ -138,7 +140,9 @@ class MatchReport(BaseModel):
     away_team: Name
     match_date: Annotated[
         date,
-        WithJsonSchema({"type": "string", "anyOf": [{"format": "date"}, {"format": "date-time"}]}),
+        WithJsonSchema(
+            {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}.*)?$"}
+        ),
     ] = Field(description="YYYY-MM-DD; a full ISO datetime is accepted, its time is the kickoff")
     season: Name
     age_group: Name
@@ -291,12 +295,12 @@ def _parse(
             f"compressed messages ({headers['compression']}) are refused",
         )
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return Rejection(Reason.INVALID_ENCODING, f"body is not UTF-8: {exc}")
-    try:
-        document = json.loads(text)
-    except ValueError as exc:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as decode_error:
+            return Rejection(Reason.INVALID_ENCODING, f"body is not UTF-8: {decode_error}")
         return Rejection(Reason.INVALID_JSON, f"body is not JSON: {exc}")
     task = headers.get("task")
     if task is not None:
@@ -340,7 +344,7 @@ def describe(error: ValidationError) -> str:
     problems = []
     for item in error.errors(include_url=False, include_input=False):
         where = ".".join(str(part) for part in item["loc"]) or "message"
-        problems.append(f"{where}: {item['msg']}")
+        problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
     return "; ".join(problems)
 
 
@@ -379,9 +383,9 @@ def celery_message(
         "origin": "matchops",
         "ignore_result": False,
     }
-    body = json.dumps(
+    body = orjson.dumps(
         [args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
-    ).encode()
+    )
     return CeleryMessage(body=body, headers=headers, correlation_id=task_id)
 
 

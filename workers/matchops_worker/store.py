@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final, Literal
 
+import orjson
 import psycopg
 import psycopg.errors
 
@@ -112,6 +113,9 @@ class Store:
         self.statement_timeout = statement_timeout
         self.connect_timeout = connect_timeout
         self._conn: psycopg.Connection[Any] | None = None
+        # Reference names known to be committed, so a batch only inserts new ones; bounded
+        # by the number of teams, seasons, age groups and divisions there are.
+        self._known: set[tuple[EntityTable, str]] = set()
 
     def close(self) -> None:
         if self._conn is not None:
@@ -120,13 +124,16 @@ class Store:
 
     def schema_version(self) -> int:
         """The applied schema version (0 before any migration)."""
-        with self._session() as conn, conn.transaction():
-            exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [MIGRATIONS_TABLE])
-            row = exists.fetchone()
-            if not row or not row[0]:
-                return 0
-            version = conn.execute(f"SELECT max(version) FROM {MIGRATIONS_TABLE}").fetchone()  # noqa: S608
-            return int(version[0]) if version and version[0] is not None else 0
+        try:
+            with self._session() as conn, conn.transaction():
+                exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [MIGRATIONS_TABLE])
+                row = exists.fetchone()
+                if not row or not row[0]:
+                    return 0
+                version = conn.execute(f"SELECT max(version) FROM {MIGRATIONS_TABLE}").fetchone()  # noqa: S608
+                return int(version[0]) if version and version[0] is not None else 0
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"database unavailable: {_describe(exc)}") from exc
 
     def check_schema(self) -> int:
         """Raise SchemaOutdated unless the migrations this worker needs are applied."""
@@ -174,21 +181,30 @@ class Store:
             return outcomes
         external = [w for w in winners if w.identity[0] == "external"]
         natural = [w for w in winners if w.identity[0] != "external"]
+        new_names = [
+            (table, {k: v for k, v in names.items() if (table, k) not in self._known})
+            for table, names in _entities(winners)
+        ]
         with self._session() as conn:
             try:
                 with conn.pipeline(), conn.transaction():
-                    for table, names in _entities(winners):
-                        keys = sorted(names)
-                        conn.execute(_ENTITY_SQL[table], [keys, [names[k] for k in keys]])
+                    for table, names in new_names:
+                        if names:
+                            keys = sorted(names)
+                            rows = orjson.dumps([[k, names[k]] for k in keys]).decode()
+                            conn.execute(_ENTITY_SQL[table], [rows])
                     cursors = [
-                        (group, conn.execute(_UPSERT_SQL[kind], _columns(group)))
+                        (group, conn.execute(_UPSERT_SQL[kind], [_rows(group)]))
                         for kind, group in (("external", external), ("natural", natural))
                         if group
                     ]
             except psycopg.Error:
+                # A reference row may have been deleted behind the cache's back: forget it all.
+                self._known.clear()
                 if conn.broken:
                     self.close()
                 raise
+            self._known.update((table, key) for table, names in new_names for key in names)
             for group, cursor in cursors:
                 for position, created, same in cursor.fetchall():
                     outcomes[group[position - 1].position] = _outcome(created, same)
@@ -255,7 +271,7 @@ EntityTable = Literal["seasons", "age_groups", "divisions", "teams"]
 _ENTITY_SQL: Final[dict[EntityTable, bytes]] = {
     table: (
         f"INSERT INTO {table} (name_key, name) "  # noqa: S608 - constant table names
-        "SELECT k, n FROM unnest(%s::text[], %s::text[]) AS e(k, n) ORDER BY k "
+        "SELECT e->>0, e->>1 FROM json_array_elements(%s::json) AS e ORDER BY 1 "
         "ON CONFLICT (name_key) DO NOTHING"
     ).encode()
     for table in ("seasons", "age_groups", "divisions", "teams")
@@ -284,7 +300,7 @@ def _entities(winners: Sequence[Collapsed]) -> Iterator[tuple[EntityTable, dict[
     yield from ((table, names) for table, names in tables.items() if names)
 
 
-# Incoming columns, in the order of the unnest() arguments.
+# Incoming columns, in the order of each row of the batch's JSON parameter.
 _INPUT: Final = (
     ("external_match_id", "text"),
     ("season_key", "text"),
@@ -322,9 +338,18 @@ _ROW: Final[tuple[Callable[[MatchReport], object], ...]] = (
 )
 
 
-def _columns(group: Sequence[Collapsed]) -> list[list[object]]:
-    """The batch as one list per input column (the unnest() arguments)."""
-    return [[get(w.report) for w in group] for get in _ROW]
+def _rows(group: Sequence[Collapsed]) -> str:
+    """The batch as one JSON array of rows: one parameter, however many reports.
+
+    Adapting one JSON text is far cheaper, client and server side, than fifteen arrays.
+    """
+    names = [name for name, _ in _INPUT]
+    rows = []
+    for position, winner in enumerate(group, start=1):
+        row = dict(zip(names, (get(winner.report) for get in _ROW), strict=True))
+        row["ord"] = position
+        rows.append(row)
+    return orjson.dumps(rows).decode()
 
 
 # Stored columns a report describes; optional descriptive ones keep their stored value when a
@@ -380,8 +405,7 @@ def _upsert_sql(kind: Literal["external", "natural"]) -> bytes:
         same_key = "{a}.external_match_id IS NULL AND {b}.external_match_id IS NULL AND " + (
             same_key
         )
-    arguments = ", ".join(f"%s::{kind_}[]" for _, kind_ in _INPUT)
-    names = ", ".join(name for name, _ in _INPUT)
+    fields = ", ".join(f"{name} {type_}" for name, type_ in (*_INPUT, ("ord", "integer")))
     columns = ("external_match_id", *_DATA, "reported_at")
     assignments = ", ".join(
         [
@@ -399,7 +423,7 @@ WITH r AS (
            d.id AS division_id, h.id AS home_team_id, w.id AS away_team_id,
            i.match_date, i.kickoff, i.match_type, i.location, i.notes,
            i.home_score, i.away_score, i.status, i.reported_at
-    FROM unnest({arguments}) WITH ORDINALITY AS i({names}, ord)
+    FROM json_to_recordset(%s::json) AS i({fields})
     LEFT JOIN seasons s ON s.name_key = i.season_key
     LEFT JOIN age_groups a ON a.name_key = i.age_group_key
     LEFT JOIN divisions d ON d.name_key = i.division_key

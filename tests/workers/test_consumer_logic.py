@@ -1,0 +1,75 @@
+from typing import Any
+
+import pika
+import pytest
+from matchops_worker.consumer import (
+    ATTEMPTS_HEADER,
+    Backoff,
+    Delivery,
+    attempts_of,
+    republished_headers,
+)
+from matchops_worker.contract import Reason, Rejection
+
+
+@pytest.mark.parametrize(
+    ("headers", "attempts"),
+    [
+        (None, 0),
+        ({}, 0),
+        ({ATTEMPTS_HEADER: 2}, 2),
+        ({ATTEMPTS_HEADER: "3"}, 3),
+        ({ATTEMPTS_HEADER: -4}, 0),
+        ({ATTEMPTS_HEADER: "many"}, 0),
+        ({ATTEMPTS_HEADER: True}, 0),
+        ({ATTEMPTS_HEADER: None}, 0),
+    ],
+)
+def test_attempts_of(headers: dict[str, Any] | None, attempts: int) -> None:
+    assert attempts_of(headers) == attempts
+
+
+def delivery(headers: dict[str, Any] | None, routing_key: str = "matches") -> Delivery:
+    return Delivery(
+        tag=1,
+        exchange="matches",
+        routing_key=routing_key,
+        properties=pika.BasicProperties(headers=headers),
+        body=b"{}",
+        parsed=Rejection(Reason.CONTRACT, "x"),
+        attempts=attempts_of(headers),
+    )
+
+
+def test_republished_headers_keep_the_originals_and_add_ours() -> None:
+    headers = republished_headers(delivery({"task": "t", "id": "1"}), 1)
+    assert headers == {
+        "task": "t",
+        "id": "1",
+        "x-matchops-attempts": 1,
+        "x-matchops-original-routing-key": "matches",
+        "x-matchops-original-exchange": "matches",
+    }
+
+
+def test_dead_letter_headers_carry_reason_and_error() -> None:
+    headers = republished_headers(delivery(None), 0, "contract", "x" * 5000)
+    assert headers["x-matchops-reason"] == "contract"
+    assert len(headers["x-matchops-error"]) == 1000
+
+
+def test_the_first_routing_key_survives_retries() -> None:
+    first = republished_headers(delivery(None, "matches.process"), 1)
+    back_from_retry = delivery(first, routing_key="matches")
+    assert republished_headers(back_from_retry, 2)["x-matchops-original-routing-key"] == (
+        "matches.process"
+    )
+
+
+def test_backoff_grows_to_its_maximum_and_resets() -> None:
+    backoff = Backoff(initial=1.0, maximum=8.0)
+    delays = [backoff.next() for _ in range(6)]
+    for delay, nominal in zip(delays, [1, 2, 4, 8, 8, 8], strict=True):
+        assert 0.8 * nominal <= delay <= 1.2 * nominal
+    backoff.reset()
+    assert backoff.next() <= 1.2

@@ -1,0 +1,205 @@
+"""`matchops`: the producer command line (publish files of matches, generate a sample season)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pika.exceptions
+
+from matchops_worker.contract import (
+    CELERY_TASKS,
+    MatchReport,
+    message_json_schema,
+    parse_message,
+)
+from matchops_worker.producer import Publisher, PublishError, Target, read_messages
+from matchops_worker.sample import SeasonPlan, invalid_messages, mixed_stream, season_reports
+from matchops_worker.topology import build_topology
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="matchops", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    publish = commands.add_parser(
+        "publish", help="publish match messages from a file (JSON lines or a JSON array)"
+    )
+    publish.add_argument("file", help="the file to publish; - reads standard input")
+    publish.add_argument(
+        "--allow-invalid",
+        action="store_true",
+        help="publish messages that fail validation too (to exercise the dead-letter queue)",
+    )
+    _broker_options(publish)
+    publish.set_defaults(run=_publish)
+
+    sample = commands.add_parser(
+        "sample-season",
+        help="generate a season of fixtures then results; write it, or publish it",
+    )
+    sample.add_argument("--out", default="-", help="file to write JSON lines to (default: stdout)")
+    sample.add_argument("--publish", action="store_true", help="publish instead of writing")
+    sample.add_argument("--season", default="2025-26")
+    sample.add_argument("--age-groups", default="U14", help="comma list (default: U14)")
+    sample.add_argument("--divisions", default="Northeast", help="comma list")
+    sample.add_argument("--teams", type=int, default=12, help="teams per division (default: 12)")
+    sample.add_argument(
+        "--completed-share",
+        type=float,
+        default=0.5,
+        help="share of fixtures reported again with a result (default: 0.5)",
+    )
+    sample.add_argument("--invalid", type=int, default=0, help="invalid messages to mix in")
+    sample.add_argument("--seed", type=int, default=2025)
+    _broker_options(sample)
+    sample.set_defaults(run=_sample_season)
+
+    schema = commands.add_parser(
+        "schema", help="print the JSON Schema of a match message (workers/schema/ holds a copy)"
+    )
+    schema.set_defaults(run=_schema)
+
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except (PublishError, pika.exceptions.AMQPError, OSError, ValueError) as exc:
+        print(f"matchops: {_explain(exc)}", file=sys.stderr)
+        return 1
+    return code
+
+
+def _broker_options(parser: argparse.ArgumentParser) -> None:
+    queue = os.environ.get("MATCHOPS_QUEUE") or "matches"
+    keys = [k.strip() for k in os.environ.get("MATCHOPS_ROUTING_KEYS", "").split(",") if k.strip()]
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("MATCHOPS_AMQP_URL"),
+        help="AMQP URL (default: $MATCHOPS_AMQP_URL)",
+    )
+    parser.add_argument(
+        "--queue", default=queue, help="queue, for --declare (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--exchange",
+        default=os.environ.get("MATCHOPS_EXCHANGE") or None,
+        help="exchange (default: $MATCHOPS_EXCHANGE, else the queue name)",
+    )
+    parser.add_argument(
+        "--routing-key",
+        default=keys[0] if keys else None,
+        help="routing key (default: first of $MATCHOPS_ROUTING_KEYS, else the queue name)",
+    )
+    parser.add_argument(
+        "--celery",
+        nargs="?",
+        const=CELERY_TASKS[0],
+        metavar="TASK",
+        help=f"publish as Celery protocol-2 tasks (default task: {CELERY_TASKS[0]})",
+    )
+    parser.add_argument(
+        "--declare",
+        action="store_true",
+        help="declare the pipeline's exchange and queues first (MATCHOPS_* settings)",
+    )
+
+
+def _publish(args: argparse.Namespace) -> int:
+    data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    messages = list(read_messages(data))
+    problems = _validate(messages)
+    for number, problem in problems:
+        print(f"message {number}: {problem}", file=sys.stderr)
+    if problems and not args.allow_invalid:
+        print(
+            f"matchops: {len(problems)} of {len(messages)} messages are invalid; nothing was "
+            "published (--allow-invalid publishes them anyway)",
+            file=sys.stderr,
+        )
+        return 2
+    return _send(args, messages)
+
+
+def _sample_season(args: argparse.Namespace) -> int:
+    plan = SeasonPlan(
+        season=args.season,
+        age_groups=_items(args.age_groups),
+        divisions=_items(args.divisions),
+        teams_per_division=args.teams,
+        completed_share=args.completed_share,
+        seed=args.seed,
+    )
+    messages = mixed_stream(season_reports(plan), invalid_messages(args.invalid), args.seed)
+    if args.publish:
+        return _send(args, messages)
+    text = b"".join(m + b"\n" for m in messages)
+    if args.out == "-":
+        sys.stdout.buffer.write(text)
+    else:
+        Path(args.out).write_bytes(text)
+    return 0
+
+
+def _send(args: argparse.Namespace, messages: list[bytes]) -> int:
+    if not args.url:
+        raise ValueError("no broker URL: pass --url or set MATCHOPS_AMQP_URL")
+    topology = build_topology(
+        args.queue,
+        exchange=args.exchange,
+        routing_keys=[args.routing_key] if args.routing_key else None,
+        queue_type=os.environ.get("MATCHOPS_QUEUE_TYPE") or "quorum",
+        retry_delays=_items(os.environ.get("MATCHOPS_RETRY_DELAYS") or "10s,1m,5m"),
+        dead_letter_queue=os.environ.get("MATCHOPS_DEAD_LETTER_QUEUE") or None,
+    )
+    target = Target(topology.exchange, topology.routing_keys[0], args.celery)
+    started = time.monotonic()
+    with Publisher(args.url, target, topology if args.declare else None) as publisher:
+        count = publisher.publish_all(messages)
+    elapsed = max(time.monotonic() - started, 1e-6)
+    print(
+        json.dumps(
+            {
+                "published": count,
+                "exchange": target.exchange,
+                "routing_key": target.routing_key,
+                "format": "celery" if args.celery else "json",
+                "seconds": round(elapsed, 3),
+            }
+        )
+    )
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    print(json.dumps(message_json_schema(), indent=2))
+    return 0
+
+
+def _validate(messages: Sequence[bytes]) -> list[tuple[int, str]]:
+    problems = []
+    for number, body in enumerate(messages, start=1):
+        parsed = parse_message(body)
+        if not isinstance(parsed, MatchReport):
+            problems.append((number, f"{parsed.reason}: {parsed.error}"))
+    return problems
+
+
+def _items(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _explain(exc: BaseException) -> str:
+    if isinstance(exc, pika.exceptions.AMQPConnectionError):
+        return f"cannot connect to the broker: {exc!r}"
+    if isinstance(exc, pika.exceptions.ChannelClosedByBroker):
+        return f"the broker refused: {exc.reply_code} {exc.reply_text}"
+    return str(exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,496 @@
+"""The consume loop: prefetch, batching, ack after commit, retry and dead-letter, reconnect.
+
+One thread owns the broker connection (pika's BlockingConnection) and turns the loop; one
+store thread writes batches to PostgreSQL. While a batch is being written the loop keeps
+serving the connection (heartbeats, the next deliveries), so a slow transaction never costs
+the connection. Deliveries are settled strictly in arrival order:
+
+- a message that fails validation is copied to the dead-letter queue at once (publisher
+  confirm), then acked;
+- a batch is acked (one multiple-ack) only after its transaction committed;
+- a batch the database could not take is republished to the next retry queue (or, once the
+  delays are used up, to the dead-letter queue) and acked, and the worker holds further
+  batches until the database answers again;
+- a report the database refuses (its data at fault) alone goes to the dead-letter queue.
+
+On SIGTERM the consumer is cancelled, the batch in hand is written and acked, and `run`
+returns. If the broker connection drops, nothing uncommitted was acked: the broker redelivers
+it, and the idempotent upsert makes the redelivery harmless.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import socket
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import pika
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
+
+from matchops_worker.config import WorkerConfig
+from matchops_worker.contract import MatchReport, Reason, Rejection, parse_message
+from matchops_worker.metrics import Health, Metrics
+from matchops_worker.store import Result, RowRejected, SchemaOutdated, Store, StoreUnavailable
+from matchops_worker.topology import TopologyConflict, declare
+
+log = logging.getLogger(__name__)
+
+REASON_HEADER: Final = "x-matchops-reason"
+ERROR_HEADER: Final = "x-matchops-error"
+ATTEMPTS_HEADER: Final = "x-matchops-attempts"
+ROUTING_KEY_HEADER: Final = "x-matchops-original-routing-key"
+EXCHANGE_HEADER: Final = "x-matchops-original-exchange"
+MAX_ERROR_TEXT: Final = 1000
+# How long the loop waits for broker events when it has nothing due sooner; bounds how late a
+# stop request is noticed.
+IDLE_POLL: Final = 0.25
+
+
+@dataclass
+class Delivery:
+    """One received message and what validation made of it."""
+
+    tag: int
+    exchange: str
+    routing_key: str
+    properties: pika.BasicProperties
+    body: bytes
+    parsed: MatchReport | Rejection
+    attempts: int
+
+
+@dataclass
+class Backoff:
+    """Exponential delays with jitter, for reconnecting without hammering."""
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    factor: float = 2.0
+    _current: float = field(default=0.0, init=False)
+
+    def next(self) -> float:
+        self._current = (
+            self.initial if self._current == 0 else min(self.maximum, self._current * self.factor)
+        )
+        return self._current * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not secrets
+
+    def reset(self) -> None:
+        self._current = 0.0
+
+
+def attempts_of(headers: dict[str, Any] | None) -> int:
+    """Retries a message has been through, from its `x-matchops-attempts` header."""
+    value = (headers or {}).get(ATTEMPTS_HEADER, 0)
+    if isinstance(value, bool):
+        return 0
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return 0
+
+
+def republished_headers(
+    delivery: Delivery,
+    attempts: int,
+    reason: str | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """The original headers plus the worker's: attempts, origin, and a reason when dead."""
+    headers = dict(delivery.properties.headers or {})
+    headers[ATTEMPTS_HEADER] = attempts
+    # A message back from a retry queue arrives with the queue's name as routing key; the
+    # header keeps where it was first published.
+    headers.setdefault(ROUTING_KEY_HEADER, delivery.routing_key)
+    headers.setdefault(EXCHANGE_HEADER, delivery.exchange)
+    if reason is not None:
+        headers[REASON_HEADER] = reason
+        headers[ERROR_HEADER] = (error or "")[:MAX_ERROR_TEXT]
+    return headers
+
+
+class Worker:
+    """Consumes the pipeline's queue into the store until asked to stop."""
+
+    def __init__(self, config: WorkerConfig, store: Store, metrics: Metrics, health: Health):
+        self.config = config
+        self.topology = config.topology
+        self.store = store
+        self.metrics = metrics
+        self.health = health
+        self._stopping = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._pending: list[Delivery] = []
+        self._rejected: list[Delivery] = []
+        self._batch_deadline = 0.0
+        self._in_flight: Future[list[Result]] | None = None
+        self._flushing: list[Delivery] = []
+        self._flush_started = 0.0
+        self._probe: Future[int] | None = None
+        self._probe_due = 0.0
+        self._database_backoff = Backoff()
+
+    def request_stop(self) -> None:
+        """Ask the worker to finish the batch in hand and return (safe in a signal handler)."""
+        self._stopping = True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def run(self) -> None:
+        """Consume until stopped, reconnecting to the broker with backoff when it goes away."""
+        backoff = Backoff()
+        try:
+            if not self.wait_for_database():
+                return
+            while not self._stopping:
+                try:
+                    self._consume()
+                    backoff.reset()
+                except (pika.exceptions.AMQPError, OSError, TopologyConflict) as exc:
+                    self._on_session_lost(exc)
+                    self._sleep(backoff.next())
+        finally:
+            self._executor.shutdown(wait=True)
+            self.store.close()
+
+    # --- one broker connection ------------------------------------------------------------
+
+    def _consume(self) -> None:
+        parameters = pika.URLParameters(self.config.amqp_url)
+        parameters.client_properties = {
+            "connection_name": f"matchops-worker {socket.gethostname()}"
+        }
+        # A broker that blocks publishers (memory or disk alarm) would otherwise stall the
+        # dead-letter and retry publishes forever; dropping the connection redelivers instead.
+        if parameters.blocked_connection_timeout is None:
+            parameters.blocked_connection_timeout = 60
+        connection = BlockingConnection(parameters)
+        self.metrics.broker_connections.inc()
+        try:
+            if self.config.declare_topology:
+                channel = connection.channel()
+                declare(channel, self.topology)
+                channel.close()
+            consume = connection.channel()
+            consume.basic_qos(prefetch_count=self.config.prefetch)
+            publish = connection.channel()
+            publish.confirm_delivery()
+            consumer_tag = consume.basic_consume(self.topology.queue, self._on_message)
+            self._set_consuming(True)
+            log.info(
+                "consuming",
+                extra={"queue": self.topology.queue, "prefetch": self.config.prefetch},
+            )
+            self._loop(connection, consume, publish, consumer_tag)
+        finally:
+            self._set_consuming(False)
+            self._abandon_session()
+            if connection.is_open:
+                try:
+                    connection.close()
+                except pika.exceptions.AMQPError:
+                    log.debug("broker connection did not close cleanly", exc_info=True)
+
+    def _loop(
+        self,
+        connection: BlockingConnection,
+        consume: BlockingChannel,
+        publish: BlockingChannel,
+        consumer_tag: str,
+    ) -> None:
+        wake = _Waker(connection)
+        cancelled = False
+        while True:
+            connection.process_data_events(time_limit=self._poll_timeout())
+            self.health.tick()
+            self._dead_letter_rejections(consume, publish)
+            if self._in_flight is not None and self._in_flight.done():
+                self._settle(consume, publish)
+            self._check_database(wake)
+            if self._stopping and not cancelled:
+                # Messages received but not yet handed to us are returned to the queue by pika.
+                consume.basic_cancel(consumer_tag)
+                cancelled = True
+                log.info("stopping: consumer cancelled, finishing the batch in hand")
+            if self._in_flight is None and self._batch_due():
+                self._flush(wake)
+            if (
+                cancelled
+                and self._in_flight is None
+                and self._probe is None
+                and (not self._pending or not self.health.database)
+            ):
+                return
+
+    def _on_message(
+        self,
+        channel: BlockingChannel,
+        method: pika.spec.Basic.Deliver,
+        properties: pika.BasicProperties,
+        body: bytes,
+    ) -> None:
+        parsed = parse_message(
+            body,
+            content_type=properties.content_type,
+            content_encoding=properties.content_encoding,
+            headers=properties.headers,
+            timestamp=properties.timestamp,
+        )
+        delivery = Delivery(
+            tag=method.delivery_tag,
+            exchange=method.exchange,
+            routing_key=method.routing_key,
+            properties=properties,
+            body=body,
+            parsed=parsed,
+            attempts=attempts_of(properties.headers),
+        )
+        if isinstance(parsed, Rejection):
+            self._rejected.append(delivery)
+            return
+        if not self._pending:
+            self._batch_deadline = time.monotonic() + self.config.batch_wait
+        self._pending.append(delivery)
+
+    def _poll_timeout(self) -> float:
+        if self._in_flight is not None or self._probe is not None:
+            return IDLE_POLL  # the store thread wakes the loop when it is done
+        if self._pending and self.health.database:
+            return max(0.0, min(IDLE_POLL, self._batch_deadline - time.monotonic()))
+        return IDLE_POLL
+
+    def _batch_due(self) -> bool:
+        if not self._pending or not self.health.database:
+            return False
+        return (
+            len(self._pending) >= self.config.batch_limit
+            or time.monotonic() >= self._batch_deadline
+            or self._stopping
+        )
+
+    # --- invalid messages -----------------------------------------------------------------
+
+    def _dead_letter_rejections(self, consume: BlockingChannel, publish: BlockingChannel) -> None:
+        rejected, self._rejected = self._rejected, []
+        for delivery in rejected:
+            assert isinstance(delivery.parsed, Rejection)
+            self._dead_letter(publish, delivery, delivery.parsed.reason, delivery.parsed.error)
+            consume.basic_ack(delivery.tag)
+            self.metrics.messages.labels("dead_lettered").inc()
+
+    def _dead_letter(
+        self, publish: BlockingChannel, delivery: Delivery, reason: str, error: str
+    ) -> None:
+        log.warning(
+            "dead-lettered message",
+            extra={
+                "reason": reason,
+                "error": error[:MAX_ERROR_TEXT],
+                "dead_letter_queue": self.topology.dead_letter_queue,
+                "attempts": delivery.attempts,
+            },
+        )
+        headers = republished_headers(delivery, delivery.attempts, reason, error)
+        self._publish(publish, self.topology.dead_letter_queue, delivery, headers)
+        self.metrics.dead_letters.labels(reason).inc()
+
+    def _publish(
+        self,
+        publish: BlockingChannel,
+        queue: str,
+        delivery: Delivery,
+        headers: dict[str, Any],
+    ) -> None:
+        """Copy a message to a queue, persistent, and wait for the broker's confirm."""
+        original = delivery.properties
+        properties = pika.BasicProperties(
+            content_type=original.content_type,
+            content_encoding=original.content_encoding,
+            headers=headers,
+            delivery_mode=pika.DeliveryMode.Persistent,
+            priority=original.priority,
+            correlation_id=original.correlation_id,
+            reply_to=original.reply_to,
+            message_id=original.message_id,
+            timestamp=original.timestamp,
+            type=original.type,
+            user_id=original.user_id,
+            app_id=original.app_id,
+        )
+        publish.basic_publish("", queue, delivery.body, properties, mandatory=True)
+
+    # --- batches --------------------------------------------------------------------------
+
+    def _flush(self, wake: _Waker) -> None:
+        limit = self.config.batch_limit
+        self._flushing, self._pending = self._pending[:limit], self._pending[limit:]
+        reports = [d.parsed for d in self._flushing if isinstance(d.parsed, MatchReport)]
+        self._flush_started = time.monotonic()
+        self._in_flight = self._executor.submit(self.store.write, reports)
+        self._in_flight.add_done_callback(wake)
+        self.metrics.batch_size.observe(len(reports))
+
+    def _settle(self, consume: BlockingChannel, publish: BlockingChannel) -> None:
+        future, self._in_flight = self._in_flight, None
+        batch, self._flushing = self._flushing, []
+        assert future is not None
+        try:
+            results = future.result()
+        except StoreUnavailable as exc:
+            self._retry(publish, batch, str(exc))
+        else:
+            self.metrics.batch_seconds.observe(time.monotonic() - self._flush_started)
+            self.metrics.last_commit.set_to_current_time()
+            for delivery, result in zip(batch, results, strict=True):
+                if isinstance(result, RowRejected):
+                    self._dead_letter(publish, delivery, Reason.STORE_REJECTED, result.error)
+                    self.metrics.messages.labels("dead_lettered").inc()
+                else:
+                    self.metrics.messages.labels(result.value).inc()
+            log.debug("batch stored", extra={"messages": len(batch)})
+        if batch:
+            consume.basic_ack(batch[-1].tag, multiple=True)
+
+    def _retry(self, publish: BlockingChannel, batch: list[Delivery], error: str) -> None:
+        """Send a batch the database could not take through the retry queues."""
+        self.metrics.database_errors.inc()
+        self._database_lost(error)
+        for delivery in batch:
+            attempts = delivery.attempts + 1
+            queue = self.topology.retry_queue_for(attempts)
+            if queue is None:
+                self._dead_letter(
+                    publish,
+                    delivery,
+                    Reason.RETRIES_EXHAUSTED,
+                    f"gave up after {delivery.attempts} retries: {error}",
+                )
+                self.metrics.messages.labels("dead_lettered").inc()
+                continue
+            self._publish(publish, queue, delivery, republished_headers(delivery, attempts))
+            self.metrics.retries.labels(queue).inc()
+            self.metrics.messages.labels("retried").inc()
+        log.warning(
+            "batch sent to retry",
+            extra={
+                "messages": len(batch),
+                "error": error,
+                "retry_delays": list(self.topology.retry_delays),
+            },
+        )
+
+    # --- database availability ------------------------------------------------------------
+
+    def _database_lost(self, error: str) -> None:
+        if self.health.database:
+            log.error("database unavailable, holding further batches", extra={"error": error})
+        self._set_database(False)
+        self._probe_due = time.monotonic() + self._database_backoff.next()
+
+    def _check_database(self, wake: _Waker) -> None:
+        """While the database is away, probe it with backoff; resume when it answers."""
+        if self._probe is not None and self._probe.done():
+            probe, self._probe = self._probe, None
+            try:
+                probe.result()
+            except (StoreUnavailable, SchemaOutdated) as exc:
+                self._database_lost(str(exc))
+            else:
+                log.info("database available")
+                self._database_backoff.reset()
+                self._set_database(True)
+        if (
+            not self.health.database
+            and not self._stopping
+            and self._probe is None
+            and self._in_flight is None
+            and time.monotonic() >= self._probe_due
+        ):
+            self._probe = self._executor.submit(self.store.check_schema)
+            self._probe.add_done_callback(wake)
+
+    def wait_for_database(self) -> bool:
+        """Block until the schema check passes (True) or a stop is requested (False)."""
+        backoff = Backoff()
+        while not self._stopping:
+            self.health.tick()
+            try:
+                version = self.store.check_schema()
+            except (StoreUnavailable, SchemaOutdated) as exc:
+                delay = backoff.next()
+                log.error("database not ready", extra={"error": str(exc), "retry_in": delay})
+                self._sleep(delay)
+                continue
+            log.info("database ready", extra={"schema_version": version})
+            self._set_database(True)
+            return True
+        return False
+
+    # --- bookkeeping ----------------------------------------------------------------------
+
+    def _abandon_session(self) -> None:
+        """After a connection loss: unacked messages go back to the queue; wait for the store."""
+        for future in (self._in_flight, self._probe):
+            if future is not None:
+                try:
+                    future.result()
+                except (StoreUnavailable, SchemaOutdated):
+                    self._set_database(False)
+        self._in_flight = None
+        self._probe = None
+        self._pending = []
+        self._rejected = []
+        self._flushing = []
+
+    def _on_session_lost(self, exc: BaseException) -> None:
+        if isinstance(exc, pika.exceptions.ChannelClosedByBroker) and exc.reply_code == 404:
+            message = (
+                f"queue {self.topology.queue!r} or a retry / dead-letter queue does not exist: "
+                "the operator declares them, or set MATCHOPS_DECLARE_TOPOLOGY=true"
+            )
+        elif isinstance(exc, pika.exceptions.UnroutableError):
+            message = (
+                "a retry or dead-letter queue does not exist; declare the topology again "
+                "(MATCHOPS_DECLARE_TOPOLOGY=true) or let the operator repair it"
+            )
+        else:
+            message = f"{type(exc).__name__}: {exc}"
+        log.error("broker session ended, reconnecting", extra={"error": message})
+
+    def _set_consuming(self, value: bool) -> None:
+        self.health.consuming = value
+        self.metrics.broker_connected.set(1 if value else 0)
+
+    def _set_database(self, value: bool) -> None:
+        self.health.database = value
+        self.metrics.database_available.set(1 if value else 0)
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep, waking early when a stop is requested."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping and time.monotonic() < deadline:
+            self.health.tick()
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+
+class _Waker:
+    """Wakes the consume loop from the store thread when a write or probe finishes."""
+
+    def __init__(self, connection: BlockingConnection) -> None:
+        self.connection = connection
+
+    def __call__(self, _: Future[Any]) -> None:
+        # A connection already gone is noticed by the loop itself.
+        with contextlib.suppress(pika.exceptions.ConnectionWrongStateError):
+            self.connection.add_callback_threadsafe(_nothing)
+
+
+def _nothing() -> None:
+    return None

@@ -1,0 +1,113 @@
+"""`matchops-worker`: run the worker (default) or apply the database migrations (`migrate`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+import psycopg
+
+from matchops_worker import logs, store
+from matchops_worker.config import ConfigError, load_config
+from matchops_worker.consumer import Backoff, Worker
+from matchops_worker.metrics import Health, Metrics, serve
+
+log = logging.getLogger("matchops_worker")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="matchops-worker",
+        description="Consume match messages from RabbitMQ and upsert them into PostgreSQL. "
+        "Configured through MATCHOPS_* environment variables (see docs/worker.md).",
+    )
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("run", help="consume the queue (the default)")
+    migrate = commands.add_parser(
+        "migrate", help="apply database migrations (needs only MATCHOPS_DATABASE_DSN)"
+    )
+    migrate.add_argument(
+        "--wait",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="keep trying this long while the database is unreachable (default: 60)",
+    )
+    args = parser.parse_args(argv)
+    level = os.environ.get("MATCHOPS_LOG_LEVEL", "info").upper()
+    logs.configure(getattr(logging, level, logging.INFO))
+    if args.command == "migrate":
+        return run_migrate(args.wait)
+    return run_worker()
+
+
+def run_migrate(wait: float) -> int:
+    dsn = os.environ.get("MATCHOPS_DATABASE_DSN", "").strip()
+    if not dsn:
+        log.error("MATCHOPS_DATABASE_DSN is required")
+        return 2
+    deadline = time.monotonic() + wait
+    backoff = Backoff(maximum=5.0)
+    while True:
+        try:
+            applied = store.migrate(dsn)
+        except psycopg.OperationalError as exc:
+            if time.monotonic() >= deadline:
+                log.error("cannot reach the database", extra={"error": str(exc).strip()})
+                return 1
+            time.sleep(backoff.next())
+            continue
+        except psycopg.Error as exc:
+            log.error("migration failed", extra={"error": str(exc).strip()})
+            return 1
+        log.info(
+            "database schema up to date",
+            extra={
+                "schema_version": store.LATEST_VERSION,
+                "applied": [m.version for m in applied],
+            },
+        )
+        return 0
+
+
+def run_worker() -> int:
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        log.error(str(exc))
+        return 2
+    logging.getLogger().setLevel(config.logging_level)
+    for note in config.notes():
+        log.info(note)
+    metrics, health = Metrics(), Health()
+    server = serve(metrics, health, config.metrics_port)
+    log.info(
+        "worker starting",
+        extra={
+            "queue": config.topology.queue,
+            "metrics_port": server.server_address[1],
+            "batch_size": config.batch_limit,
+            "batch_wait": config.batch_wait,
+        },
+    )
+    worker = Worker(config, store.Store(config.database_dsn), metrics, health)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        worker.request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    worker.run()
+    server.shutdown()
+    log.info("worker stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
