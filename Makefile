@@ -59,3 +59,29 @@ image: deps ## build the image with podman on the local Debian base (IMG=localho
 .PHONY: docker-build
 docker-build: ## build the image from the public Python base (CONTAINER_TOOL=docker, IMG=...)
 	$(CONTAINER_TOOL) build -t $(IMG) .
+
+# Deployment: the Helm chart and the kustomize manifests carry copies of crds/ (neither tool
+# reads files outside its own directory); tests/deploy fails when a copy is stale.
+CRD_COPIES := charts/matchops/files/crds manifests/crd
+TOOLS := $(or $(MATCHOPS_CACHE),$(CURDIR)/.cache)/bin
+HELM ?= $(TOOLS)/helm
+KUBECTL ?= $(shell command -v kubectl || echo $(TOOLS)/kubectl)
+OVERLAY ?= base
+
+.PHONY: manifests
+manifests: ## copy the CRD from crds/ into the Helm chart and the kustomize manifests
+	for dir in $(CRD_COPIES); do \
+		rm -f $$dir/matchops.dev_*.yaml && cp crds/matchops.dev_*.yaml $$dir/; \
+	done
+
+.PHONY: helm-lint
+helm-lint: ## helm lint --strict and helm template of the chart in both watch modes
+	e2e/toolchain/build.sh helm
+	$(HELM) lint --strict charts/matchops
+	$(HELM) template matchops charts/matchops --namespace matchops > /dev/null
+	$(HELM) template matchops charts/matchops --namespace matchops \
+		--set watch.mode=cluster --set 'rbac.secretNamespaces={ingest}' > /dev/null
+
+.PHONY: deploy
+deploy: ## install the operator with kustomize into the current kube context (OVERLAY=base|overlays/namespaced|overlays/cluster-wide|overlays/local)
+	$(KUBECTL) apply --server-side -k manifests/$(OVERLAY)
