@@ -381,10 +381,27 @@ def ensure_project_image(
         if found is None or found[1] != stamp:
             raise ImageError(f"podman build reported success but {name} is not in the store")
         if previous is not None and previous[0] != found[0]:
-            # The build before this one, now untagged. Kept if anything still uses it: a
-            # container, or another tag (then podman refuses, and that is fine).
-            subprocess.run(["podman", "rmi", previous[0]], capture_output=True, check=False)
+            _drop_build(*previous)
         return LocalImage(name=name, stamp=stamp, archive=archive, image_id=found[0])
+
+
+def _drop_build(image_id: str, stamp: str) -> None:
+    """Remove a replaced build: its image and its builder stage (buildah labels both).
+
+    Whatever is still in use, by a container or another tag, podman refuses to remove, and
+    that is fine: this only keeps rebuilds from piling up.
+    """
+    leftovers = [image_id]
+    if stamp:
+        filters = ["--filter", "dangling=true", "--filter", f"label={STAMP_LABEL}={stamp}"]
+        leftovers += subprocess.run(
+            ["podman", "images", "--quiet", "--no-trunc", *filters],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+    for image in leftovers:
+        subprocess.run(["podman", "rmi", image], capture_output=True, check=False)
 
 
 # --- containerd -----------------------------------------------------------------------------
