@@ -36,7 +36,14 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 from matchops_worker.config import WorkerConfig
 from matchops_worker.contract import MatchReport, Reason, Rejection, parse_message
 from matchops_worker.metrics import Health, Metrics
-from matchops_worker.store import Result, RowRejected, SchemaOutdated, Store, StoreUnavailable
+from matchops_worker.store import (
+    Result,
+    RowDeferred,
+    RowRejected,
+    SchemaOutdated,
+    Store,
+    StoreUnavailable,
+)
 from matchops_worker.topology import TopologyConflict, declare
 
 log = logging.getLogger(__name__)
@@ -344,24 +351,31 @@ class Worker:
         try:
             results = future.result()
         except StoreUnavailable as exc:
+            self.metrics.database_errors.inc()
+            self._database_lost(str(exc))
             self._retry(publish, batch, str(exc))
         else:
             self.metrics.batch_seconds.observe(time.monotonic() - self._flush_started)
             self.metrics.last_commit.set_to_current_time()
+            deferred: list[Delivery] = []
+            clash = ""
             for delivery, result in zip(batch, results, strict=True):
                 if isinstance(result, RowRejected):
                     self._dead_letter(publish, delivery, Reason.STORE_REJECTED, result.error)
                     self.metrics.messages.labels("dead_lettered").inc()
+                elif isinstance(result, RowDeferred):
+                    deferred.append(delivery)
+                    clash = result.error
                 else:
                     self.metrics.messages.labels(result.value).inc()
+            if deferred:
+                self._retry(publish, deferred, clash)
             log.debug("batch stored", extra={"messages": len(batch)})
         if batch:
             consume.basic_ack(batch[-1].tag, multiple=True)
 
     def _retry(self, publish: BlockingChannel, batch: list[Delivery], error: str) -> None:
-        """Send a batch the database could not take through the retry queues."""
-        self.metrics.database_errors.inc()
-        self._database_lost(error)
+        """Send messages the database could not take now through the retry queues."""
         for delivery in batch:
             attempts = delivery.attempts + 1
             queue = self.topology.retry_queue_for(attempts)
@@ -378,7 +392,7 @@ class Worker:
             self.metrics.retries.labels(queue).inc()
             self.metrics.messages.labels("retried").inc()
         log.warning(
-            "batch sent to retry",
+            "messages sent to retry",
             extra={
                 "messages": len(batch),
                 "error": error,

@@ -27,10 +27,16 @@ log = logging.getLogger(__name__)
 MIGRATIONS_TABLE: Final = "matchops_schema_migrations"
 # pg_advisory_lock key serialising `matchops-worker migrate` runs: "matchops" in ASCII.
 MIGRATION_LOCK: Final = int.from_bytes(b"matchops", "big")
-# SQLSTATE classes where the message's data is at fault (data exception, integrity violation):
-# retrying cannot help. Anything else (connection lost, deadlock, serialization failure,
-# timeout, missing schema, lack of resources) is the environment's fault and is retried.
-MESSAGE_FAULT_CLASSES: Final = ("22", "23")
+# How a failed batch is handled depends on the SQLSTATE class of the error:
+# - data exception, integrity violation: some report's data is at fault; retrying cannot help;
+# - transaction rollback (serialization failure, deadlock): a clash with another writer; it
+#   fails fast and a retry usually succeeds;
+# - anything else (connection lost, timeout, missing schema, lack of resources): the database
+#   is not fit to take batches now, whatever they hold.
+# The first two are narrowed down by splitting the batch, so only the reports at fault (or
+# clashing again) leave the batch; the last one sends the whole batch back to the queue.
+DATA_FAULT_CLASSES: Final = ("22", "23")
+CLASH_CLASSES: Final = ("40",)
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,14 @@ class RowRejected:
     error: str
 
 
-Result = Outcome | RowRejected
+@dataclass(frozen=True)
+class RowDeferred:
+    """One report clashed with another writer even alone: it goes through the retry delays."""
+
+    error: str
+
+
+Result = Outcome | RowRejected | RowDeferred
 
 
 class Store:
@@ -149,8 +162,9 @@ class Store:
         """Store a batch; one result per report, in order.
 
         The batch is one transaction. When the database refuses it because of some report's
-        data, the batch is split until the refused reports are isolated, so they alone are
-        rejected. Raises StoreUnavailable when the failure is not the data's fault.
+        data, or it clashes with another writer, the batch is split until the reports at fault
+        are isolated, so the others are stored. Raises StoreUnavailable when the database
+        cannot take batches at all.
         """
         results: list[Result | None] = [None] * len(reports)
         self._write_isolating(list(enumerate(reports)), results)
@@ -162,10 +176,11 @@ class Store:
         try:
             outcomes = self._write_once([report for _, report in items])
         except psycopg.Error as exc:
-            if not _message_fault(exc):
+            kind = _failure_kind(exc)
+            if kind is None:
                 raise StoreUnavailable(f"database unavailable: {_describe(exc)}") from exc
             if len(items) == 1:
-                results[items[0][0]] = RowRejected(_describe(exc))
+                results[items[0][0]] = kind(_describe(exc))
                 return
             middle = len(items) // 2
             self._write_isolating(items[:middle], results)
@@ -251,9 +266,14 @@ def _outcome(created: bool | None, same: bool | None) -> Outcome:
     return Outcome.CREATED if created else Outcome.UPDATED
 
 
-def _message_fault(exc: psycopg.Error) -> bool:
-    state = exc.sqlstate or ""
-    return state[:2] in MESSAGE_FAULT_CLASSES
+def _failure_kind(exc: psycopg.Error) -> type[RowRejected | RowDeferred] | None:
+    """What a failure means for the reports of the batch; None: the database is unavailable."""
+    state = (exc.sqlstate or "")[:2]
+    if state in DATA_FAULT_CLASSES:
+        return RowRejected
+    if state in CLASH_CLASSES:
+        return RowDeferred
+    return None
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,0 +1,255 @@
+"""The store against a real PostgreSQL: migrations, outcomes, ordering, isolation of bad rows."""
+
+import subprocess
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
+from matchops_devenv.postgres import PostgreSQL
+from matchops_devenv.worker import worker_command
+from matchops_worker import store
+from matchops_worker.batch import Outcome
+from matchops_worker.contract import MatchReport
+from matchops_worker.store import RowRejected, SchemaOutdated, Store, StoreUnavailable
+from psycopg.rows import dict_row
+
+pytestmark = pytest.mark.integration
+
+BASE: dict[str, Any] = {
+    "home_team": "Philadelphia Union",
+    "away_team": "FC Delco",
+    "match_date": "2025-10-04",
+    "season": "2025-26",
+    "age_group": "U14",
+    "match_type": "League",
+}
+
+
+def match(**changes: Any) -> MatchReport:
+    return MatchReport.model_validate({**BASE, **changes})
+
+
+def at(hour: int) -> str:
+    return datetime(2025, 10, 4, hour, tzinfo=UTC).isoformat()
+
+
+def rows(dsn: str, query: str = "SELECT * FROM match_results ORDER BY id") -> list[dict[str, Any]]:
+    with psycopg.connect(dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query).fetchall()
+
+
+def count(dsn: str, table: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
+        assert row is not None
+        return int(row[0])
+
+
+@pytest.fixture
+def db(database: str) -> Store:
+    return Store(database)
+
+
+def test_migrate_creates_the_schema_once(empty_database: str) -> None:
+    assert Store(empty_database).schema_version() == 0
+    with pytest.raises(SchemaOutdated, match="run `matchops-worker migrate`"):
+        Store(empty_database).check_schema()
+    applied = store.migrate(empty_database)
+    assert [m.version for m in applied] == [1]
+    assert store.migrate(empty_database) == []
+    assert Store(empty_database).check_schema() == store.LATEST_VERSION
+
+
+def test_concurrent_migrate_commands_apply_each_migration_once(empty_database: str) -> None:
+    env = {"MATCHOPS_DATABASE_DSN": empty_database, "PATH": "/usr/bin:/bin"}
+    processes = [
+        subprocess.Popen(
+            [*worker_command(), "migrate"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(4)
+    ]
+    results = [p.communicate(timeout=120) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0, 0], results
+    assert rows(empty_database, "SELECT version FROM matchops_schema_migrations") == [
+        {"version": 1}
+    ]
+
+
+def test_migrate_command_explains_an_unreachable_database(postgres: PostgreSQL) -> None:
+    dsn = postgres.dsn().replace(f":{postgres.port}/", ":1/")
+    result = subprocess.run(
+        [*worker_command(), "migrate", "--wait", "1"],
+        env={"MATCHOPS_DATABASE_DSN": dsn},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "cannot reach the database" in result.stderr
+
+
+def test_created_updated_unchanged(db: Store, database: str) -> None:
+    fixture = match(external_match_id="m1", reported_at=at(9))
+    result = match(external_match_id="m1", reported_at=at(20), home_score=2, away_score=1)
+    assert db.write([fixture]) == [Outcome.CREATED]
+    assert db.write([fixture]) == [Outcome.UNCHANGED]
+    assert db.write([result]) == [Outcome.UPDATED]
+    assert db.write([result]) == [Outcome.UNCHANGED]
+    (stored,) = rows(database)
+    assert (stored["home_score"], stored["away_score"], stored["status"]) == (2, 1, "completed")
+    assert stored["reported_at"] == datetime(2025, 10, 4, 20, tzinfo=UTC)
+
+
+def test_unchanged_rows_are_not_rewritten(db: Store, database: str) -> None:
+    report = match(external_match_id="m1")
+    db.write([report])
+    before = rows(database, "SELECT xmin::text, updated_at FROM matches")
+    db.write([report, report])
+    assert rows(database, "SELECT xmin::text, updated_at FROM matches") == before
+
+
+def test_older_report_never_overwrites_a_newer_one(db: Store, database: str) -> None:
+    completed = match(external_match_id="m1", reported_at=at(20), home_score=3, away_score=3)
+    late_fixture = match(external_match_id="m1", reported_at=at(9))
+    assert db.write([completed]) == [Outcome.CREATED]
+    assert db.write([late_fixture]) == [Outcome.STALE]
+    (stored,) = rows(database)
+    assert (stored["status"], stored["home_score"]) == ("completed", 3)
+
+
+def test_without_report_times_the_status_never_goes_back(db: Store, database: str) -> None:
+    assert db.write([match(home_score=1, away_score=0)]) == [Outcome.CREATED]
+    assert db.write([match()]) == [Outcome.STALE]
+    assert db.write([match(home_score=2, away_score=0)]) == [Outcome.UPDATED]
+    assert rows(database)[0]["home_score"] == 2
+
+
+def test_a_later_report_time_may_move_the_status_back(db: Store, database: str) -> None:
+    db.write([match(reported_at=at(10), match_status="postponed")])
+    assert db.write([match(reported_at=at(11), kickoff="18:00")]) == [Outcome.UPDATED]
+    assert rows(database)[0]["status"] == "scheduled"
+
+
+def test_names_match_case_spacing_and_unicode_insensitively(db: Store, database: str) -> None:
+    db.write([match(home_team="Atlético  Union", away_team="FC Delco")])
+    outcome = db.write(
+        [match(home_team="ATLE\u0301TICO union", away_team="fc delco", season=" 2025-26 ")]
+    )
+    assert outcome == [Outcome.UNCHANGED]
+    assert count(database, "teams") == 2
+    assert count(database, "seasons") == 1
+    assert rows(database, "SELECT name FROM teams ORDER BY id") == [
+        {"name": "Atlético  Union"},
+        {"name": "FC Delco"},
+    ]
+
+
+def test_natural_key_and_external_id_identify_different_matches(db: Store, database: str) -> None:
+    assert db.write([match(), match(external_match_id="e1")]) == [Outcome.CREATED] * 2
+    assert db.write([match(match_date="2025-10-11")]) == [Outcome.CREATED]
+    assert count(database, "matches") == 3
+
+
+def test_absent_details_keep_the_stored_ones(db: Store, database: str) -> None:
+    db.write([match(external_match_id="m1", location="Field 2", division="Northeast")])
+    db.write([match(external_match_id="m1", home_score=1, away_score=0)])
+    (stored,) = rows(database)
+    assert (stored["location"], stored["division"], stored["status"]) == (
+        "Field 2",
+        "Northeast",
+        "completed",
+    )
+
+
+def test_external_id_reports_may_correct_the_fixture(db: Store, database: str) -> None:
+    db.write([match(external_match_id="m1")])
+    assert db.write([match(external_match_id="m1", match_date="2025-10-05")]) == [Outcome.UPDATED]
+    assert rows(database)[0]["match_date"].isoformat() == "2025-10-05"
+
+
+def test_a_batch_collapses_duplicates_and_keeps_the_winner(db: Store, database: str) -> None:
+    outcomes = db.write(
+        [
+            match(external_match_id="m1"),
+            match(external_match_id="m1", home_score=1, away_score=0),
+            match(external_match_id="m1"),
+            match(external_match_id="m2"),
+        ]
+    )
+    assert outcomes == [
+        Outcome.SUPERSEDED,
+        Outcome.CREATED,
+        Outcome.SUPERSEDED,
+        Outcome.CREATED,
+    ]
+    assert [r["status"] for r in rows(database)] == ["completed", "scheduled"]
+
+
+def test_a_row_the_database_refuses_is_isolated(db: Store, database: str) -> None:
+    # A rule the message contract does not know about: only the database can refuse it.
+    with psycopg.connect(database) as conn:
+        conn.execute("ALTER TABLE matches ADD CONSTRAINT no_poison CHECK (location <> 'poison')")
+    reports = [match(external_match_id=f"m{i}") for i in range(7)]
+    reports[4] = match(external_match_id="m4", location="poison")
+    results = db.write(reports)
+    assert isinstance(results[4], RowRejected)
+    assert "no_poison" in results[4].error
+    assert results[:4] + results[5:] == [Outcome.CREATED] * 6
+    assert count(database, "matches") == 6
+
+
+def test_unreachable_database_is_unavailable_not_a_data_error(postgres: PostgreSQL) -> None:
+    dsn = postgres.dsn().replace(f":{postgres.port}/", ":1/")
+    with pytest.raises(StoreUnavailable, match="cannot connect"):
+        Store(dsn, connect_timeout=2).write([match()])
+
+
+def test_missing_schema_is_unavailable_not_a_data_error(empty_database: str) -> None:
+    with pytest.raises(StoreUnavailable, match="does not exist"):
+        Store(empty_database).write([match()])
+
+
+def test_the_store_reconnects_after_the_server_dropped_it(db: Store, database: str) -> None:
+    db.write([match(external_match_id="m1")])
+    with psycopg.connect(database, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'matchops-worker' AND datname = current_database()"
+        )
+    with pytest.raises(StoreUnavailable):
+        db.write([match(external_match_id="m2")])
+    assert db.write([match(external_match_id="m2")]) == [Outcome.CREATED]
+
+
+def test_concurrent_writers_do_not_deadlock_and_agree(database: str) -> None:
+    reports = [
+        match(external_match_id=f"m{i:03d}", home_team=f"Team {i % 9}", away_team=f"Club {i % 7}")
+        for i in range(300)
+    ]
+    errors: list[BaseException] = []
+
+    def write(order: list[MatchReport]) -> None:
+        writer = Store(database)
+        try:
+            for start in range(0, len(order), 50):
+                writer.write(order[start : start + 50])
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            writer.close()
+
+    threads = [
+        threading.Thread(target=write, args=(list(reversed(reports)),)),
+        threading.Thread(target=write, args=(reports,)),
+        threading.Thread(target=write, args=(reports[150:] + reports[:150],)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    assert count(database, "matches") == 300
+    assert count(database, "teams") == 16
