@@ -45,6 +45,14 @@ test: sync toolchain ## run the whole test suite (unit and real-system tests)
 test-fast: ## run the unit tests only (no broker, database or cluster)
 	$(UV) run pytest -m "not integration"
 
+.PHONY: demo
+demo: sync ## run the worker on a sample season against a local RabbitMQ and PostgreSQL
+	$(UV) run --locked python -m matchops_devenv demo
+
+.PHONY: bench
+bench: sync ## measure worker throughput (messages/s) against a local RabbitMQ and PostgreSQL
+	$(UV) run --locked python bench/worker_bench.py
+
 IMG ?= localhost/matchops:dev
 CONTAINER_TOOL ?= docker
 

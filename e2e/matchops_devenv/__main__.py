@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from matchops_devenv import cluster, images
+from matchops_devenv import cluster, demo, images
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     cluster.register(commands)
+    demo.register(commands)
     images.register(commands)
     args = parser.parse_args(argv)
     code: int = args.run(args)

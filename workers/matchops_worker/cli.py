@@ -96,11 +96,13 @@ def _broker_options(parser: argparse.ArgumentParser) -> None:
         help="routing key (default: first of $MATCHOPS_ROUTING_KEYS, else the queue name)",
     )
     parser.add_argument(
-        "--celery",
-        nargs="?",
-        const=CELERY_TASKS[0],
-        metavar="TASK",
-        help=f"publish as Celery protocol-2 tasks (default task: {CELERY_TASKS[0]})",
+        "--celery", action="store_true", help="publish as Celery protocol-2 task messages"
+    )
+    parser.add_argument(
+        "--task",
+        default=CELERY_TASKS[0],
+        choices=CELERY_TASKS,
+        help="Celery task name, with --celery (default: %(default)s)",
     )
     parser.add_argument(
         "--declare",
@@ -156,7 +158,7 @@ def _send(args: argparse.Namespace, messages: list[bytes]) -> int:
         retry_delays=_items(os.environ.get("MATCHOPS_RETRY_DELAYS") or "10s,1m,5m"),
         dead_letter_queue=os.environ.get("MATCHOPS_DEAD_LETTER_QUEUE") or None,
     )
-    target = Target(topology.exchange, topology.routing_keys[0], args.celery)
+    target = Target(topology.exchange, topology.routing_keys[0], args.task if args.celery else None)
     started = time.monotonic()
     with Publisher(args.url, target, topology if args.declare else None) as publisher:
         count = publisher.publish_all(messages)
