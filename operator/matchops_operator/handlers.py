@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -21,9 +22,16 @@ log = logging.getLogger(__name__)
 
 
 def register(
-    registry: kopf.OperatorRegistry, reconciler: Reconciler, settings: OperatorSettings
+    registry: kopf.OperatorRegistry,
+    reconciler: Reconciler,
+    settings: OperatorSettings,
+    login: Callable[[], kopf.ConnectionInfo],
 ) -> None:
-    """Register the MatchIngestion handlers in `registry`."""
+    """Register the MatchIngestion handlers in `registry`, and how kopf logs in."""
+
+    @kopf.on.login(registry=registry)
+    def credentials(**_: Any) -> kopf.ConnectionInfo:
+        return login()
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
@@ -61,3 +69,7 @@ def register(
             raise kopf.TemporaryError(outcome.summary, delay=outcome.retry_after)
         log.info("%s/%s: %s", body.metadata.namespace, body.metadata.name, outcome.summary)
         reconciler.forget(uid)
+
+    @kopf.on.cleanup(registry=registry)
+    async def close(**_: Any) -> None:
+        await reconciler.close()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import httpx2
+import kopf
 from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.models.core_v1 import EventSource, ObjectReference
@@ -48,8 +49,11 @@ class Applied(Generic[Child]):
 class Kube:
     """Reads Secrets, applies and removes children, writes status and Events."""
 
-    def __init__(self, client: AsyncClient, instance: str | None = None) -> None:
+    def __init__(
+        self, client: AsyncClient, config: KubeConfig, instance: str | None = None
+    ) -> None:
         self._client = client
+        self._config = config
         self._instance = instance or socket.gethostname()
 
     @classmethod
@@ -57,7 +61,39 @@ class Kube:
         """A client from `kubeconfig`, else in-cluster credentials, else $KUBECONFIG."""
         config = KubeConfig.from_file(kubeconfig) if kubeconfig else KubeConfig.from_env()
         client = AsyncClient(config, field_manager=MANAGER, timeout=httpx2.Timeout(15.0))
-        return cls(client, instance)
+        return cls(client, config, instance)
+
+    def connection_info(self) -> kopf.ConnectionInfo:
+        """The same server and credentials for kopf's own client (watching, finalizers).
+
+        Read afresh on each call: kopf logs in again after a 401, and an in-cluster token file
+        is rotated by the kubelet.
+        """
+        single = self._config.get()
+        if single is None:
+            raise kopf.LoginError("the kubeconfig has no current context")
+        cluster, user = single.cluster, single.user
+        token = user.token if user else None
+        if user and user.token_file:
+            token = Path(single.abs_file(user.token_file)).read_text().strip()
+
+        def path(value: str | None) -> str | None:
+            return str(single.abs_file(value)) if value else None
+
+        return kopf.ConnectionInfo(
+            server=cluster.server,
+            ca_path=path(cluster.certificate_auth),
+            ca_data=cluster.certificate_auth_data,
+            insecure=cluster.insecure or None,
+            username=user.username if user else None,
+            password=user.password if user else None,
+            token=token,
+            certificate_path=path(user.client_cert) if user else None,
+            certificate_data=user.client_cert_data if user else None,
+            private_key_path=path(user.client_key) if user else None,
+            private_key_data=user.client_key_data if user else None,
+            default_namespace=single.context.namespace,
+        )
 
     async def close(self) -> None:
         await self._client.close()

@@ -8,7 +8,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import kopf
 from matchops_worker.durations import DurationError, parse_duration
@@ -148,48 +148,39 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     return configured
 
 
-def build(settings: OperatorSettings) -> tuple[kopf.OperatorRegistry, Reconciler, Kube]:
-    """The handler registry and the reconciler behind it."""
+def build(settings: OperatorSettings) -> kopf.OperatorRegistry:
+    """The handler registry, with the reconciler and API client behind it."""
     kube = Kube.connect(settings.kubeconfig, instance=os.environ.get("HOSTNAME") or MANAGER)
-    reconciler = Reconciler(kube, settings)
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, reconciler, settings)
-    return registry, reconciler, kube
+    handlers.register(registry, Reconciler(kube, settings), settings, kube.connection_info)
+    return registry
 
 
-async def run(settings: OperatorSettings, stop_flag: Any = None, ready_flag: Any = None) -> None:
-    """Run the operator until stopped."""
-    registry, _, kube = build(settings)
-    try:
-        await kopf.operator(
-            registry=registry,
-            settings=kopf_settings(settings),
-            standalone=settings.standalone,
-            peering_name=settings.peering_name,
-            clusterwide=not settings.namespaces,
-            namespaces=settings.namespaces,
-            liveness_endpoint=(
-                f"http://0.0.0.0:{settings.liveness_port}/healthz"
-                if settings.liveness_port
-                else None
-            ),
-            stop_flag=stop_flag,
-            ready_flag=ready_flag,
-        )
-    finally:
-        await kube.close()
+async def run(settings: OperatorSettings) -> None:
+    """Run the operator until it is stopped (SIGTERM, SIGINT)."""
+    await kopf.operator(
+        registry=build(settings),
+        settings=kopf_settings(settings),
+        standalone=settings.standalone,
+        peering_name=settings.peering_name,
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+        liveness_endpoint=(
+            f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
+        ),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     settings, args = parse_args(argv)
-    if settings.kubeconfig is not None:
-        # kopf logs in from $KUBECONFIG; point it at the same file as our own client.
-        os.environ["KUBECONFIG"] = str(settings.kubeconfig)
     kopf.configure(
         verbose=args.log_level == "debug",
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
     )
     logging.getLogger().setLevel(args.log_level.upper())
+    # One line per HTTP request or AMQP frame is noise at info level; their errors still show.
+    for chatty in ("httpx", "httpx2", "pika"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
     asyncio.run(run(settings))
 
 

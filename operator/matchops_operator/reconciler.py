@@ -99,6 +99,10 @@ class Reconciler:
         self._clock = clock
         self._memory: dict[str, _Memory] = {}
 
+    async def close(self) -> None:
+        """Release the API client's connections."""
+        await self._kube.close()
+
     def forget(self, uid: str) -> None:
         """Drop what was kept for a deleted resource."""
         self._memory.pop(uid, None)

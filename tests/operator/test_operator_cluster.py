@@ -1,0 +1,609 @@
+"""The operator, running in-process, against the real control plane and a real RabbitMQ.
+
+The test cluster has no node: worker pods stay Pending, so readyReplicas stays 0 and the tests
+never wait for pods. Polls are 1 s and scale-down delays a few seconds, so each scenario takes
+seconds.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import pytest
+import yaml
+from kopf.testing import KopfRunner
+from matchops_devenv.access import ClusterAccess, KubectlError
+from matchops_devenv.broker_tools import Vhost
+from matchops_devenv.rabbitmq import RabbitMQ
+from matchops_operator.config import OperatorSettings
+from matchops_operator.main import build, kopf_settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
+
+ROOT = Path(__file__).parents[2]
+CRD = ROOT / "crds" / "matchops.dev_matchingestions.yaml"
+SAMPLES = ROOT / "manifests" / "samples"
+WORKER_IMAGE = "matchops:test"
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
+    """Poll `check` until it returns something truthy; fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+@dataclass
+class Pipeline:
+    """One test's namespace, broker vhost and the kubectl to look at them."""
+
+    cluster: ClusterAccess
+    namespace: str
+    vhost: Vhost
+    rabbitmq: RabbitMQ
+
+    def kubectl(self, *args: str, input: str | None = None) -> str:
+        return self.cluster.kubectl("-n", self.namespace, *args, input=input).stdout
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.kubectl("get", *args, "-o", "json"))
+
+    def apply(self, manifest: dict[str, Any]) -> None:
+        manifest = copy.deepcopy(manifest)
+        manifest["metadata"]["namespace"] = self.namespace
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+
+    def secrets(self, url: str | None = None, management: bool = True) -> None:
+        literals = [f"--from-literal=url={url or self.vhost.url}"]
+        if management:
+            literals.append(f"--from-literal=management-url={self.rabbitmq.management_url}")
+        self.kubectl("create", "secret", "generic", "rabbitmq", *literals)
+        self.kubectl(
+            "create",
+            "secret",
+            "generic",
+            "postgres",
+            "--from-literal=dsn=postgresql://matchops@postgres:5432/matches",
+        )
+
+    def mi(self, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = self.json("matchingestion", name)
+        return found
+
+    def condition(self, name: str, kind: str) -> dict[str, Any] | None:
+        for condition in self.mi(name).get("status", {}).get("conditions", []):
+            if condition["type"] == kind:
+                found: dict[str, Any] = condition
+                return found
+        return None
+
+    def wait_condition(
+        self, name: str, kind: str, status: str, reason: str | None = None, timeout: float = 60
+    ) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            found = self.condition(name, kind)
+            if found and found["status"] == status and reason in (None, found["reason"]):
+                return found
+            return None
+
+        return wait_for(check, f"{kind}={status} ({reason}) on {name}", timeout)
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.json(
+            "events", "--field-selector", f"involvedObject.name={name}"
+        )["items"]
+        # resourceVersion orders them as they were created (timestamps have 1 s precision).
+        return sorted(items, key=lambda e: int(e["metadata"]["resourceVersion"]))
+
+    def replicas(self, name: str) -> int:
+        replicas: int = self.json("deployment", f"{name}-worker")["spec"]["replicas"]
+        return replicas
+
+    def queue(self, queue: str) -> dict[str, Any] | None:
+        with self.rabbitmq.management() as api:
+            response = api.get(f"/queues/{quote(self.vhost.name, safe='')}/{quote(queue, safe='')}")
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        found: dict[str, Any] = response.json()
+        return found
+
+    def policy(self, name: str) -> dict[str, Any] | None:
+        with self.rabbitmq.management() as api:
+            response = api.get(f"/policies/{quote(self.vhost.name, safe='')}/{name}")
+        if response.status_code == 404:
+            return None
+        found: dict[str, Any] = response.json()
+        return found
+
+
+def scaled_events(pipeline: Pipeline, name: str) -> list[str]:
+    return [
+        e["message"]
+        for e in pipeline.events(name)
+        if e["reason"] == "Scaled" and e["type"] == "Normal"
+    ]
+
+
+def sample(name: str, **spec_changes: Any) -> dict[str, Any]:
+    manifest: dict[str, Any] = yaml.safe_load((SAMPLES / name).read_text())
+    for path, value in spec_changes.items():
+        node = manifest["spec"]
+        *parents, leaf = path.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def crd(cluster: ClusterAccess) -> None:
+    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/matchingestions.matchops.dev", "--timeout=60s"
+    )
+    # Refresh kubectl's discovery cache, which an earlier call may have filled without the CRD.
+    wait_for(
+        lambda: (
+            "matchingestions"
+            in cluster.kubectl("api-resources", "--api-group=matchops.dev", "--cached=false").stdout
+        ),
+        "the API server to serve matchingestions",
+    )
+
+
+@pytest.fixture
+def pipeline(
+    cluster: ClusterAccess, crd: None, namespace: str, vhost: Vhost, rabbitmq: RabbitMQ
+) -> Pipeline:
+    return Pipeline(cluster, namespace, vhost, rabbitmq)
+
+
+@pytest.fixture
+def operator(pipeline: Pipeline) -> Iterator[KopfRunner]:
+    """The operator watching the test's namespace: 1 s polls, short backoff."""
+    settings = OperatorSettings(
+        namespaces=(pipeline.namespace,),
+        poll_interval=1.0,
+        worker_image=WORKER_IMAGE,
+        image_pull_policy="IfNotPresent",
+        liveness_port=None,
+        standalone=True,
+        retry_min_delay=0.5,
+        retry_max_delay=2.0,
+        kubeconfig=pipeline.cluster.kubeconfig,
+    )
+    args = ["run", "--standalone", "--namespace", pipeline.namespace]
+    with KopfRunner(
+        args, registry=build(settings), settings=kopf_settings(settings), timeout=60
+    ) as runner:
+        yield runner
+    assert runner.exception is None
+
+
+def test_legacy_sample_creates_cronjob_deployment_and_queues(
+    pipeline: Pipeline, operator: KopfRunner
+) -> None:
+    pipeline.secrets()
+    pipeline.apply(sample("legacy-celery.yaml"))
+    ready = pipeline.wait_condition("matches", "Ready", "True")
+    assert ready["reason"] == "Ready"
+
+    mi = pipeline.mi("matches")
+    assert mi["status"]["observedGeneration"] == mi["metadata"]["generation"]
+    assert "Reconciling" not in {c["type"] for c in mi["status"]["conditions"]}
+    assert "Stalled" not in {c["type"] for c in mi["status"]["conditions"]}
+    owner = {"kind": "MatchIngestion", "name": "matches", "uid": mi["metadata"]["uid"]}
+
+    cronjob = pipeline.json("cronjob", "matches-scraper")
+    assert cronjob["spec"]["schedule"] == "0 6 * * *"
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    assert {k: cronjob["metadata"]["ownerReferences"][0][k] for k in owner} == owner
+    (scraper,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    env = {var["name"]: var for var in scraper["env"]}
+    assert env["CELERY_BROKER_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "rabbitmq",
+        "key": "url",
+    }
+    assert "value" not in env["CELERY_BROKER_URL"]
+    assert env["MATCHOPS_EXCHANGE"]["value"] == "matches"
+
+    deployment = pipeline.json("deployment", "matches-worker")
+    assert deployment["spec"]["replicas"] == 0
+    assert {k: deployment["metadata"]["ownerReferences"][0][k] for k in owner} == owner
+    (worker,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert worker["image"] == WORKER_IMAGE
+    assert worker["imagePullPolicy"] == "IfNotPresent"
+    managed = pipeline.json("deployment", "matches-worker", "--show-managed-fields")
+    managers = {entry["manager"] for entry in managed["metadata"]["managedFields"]}
+    assert "matchops-operator" in managers
+
+    main = pipeline.queue("matches")
+    assert main is not None
+    assert main["durable"] is True
+    assert main["arguments"] == {}  # what Celery declares: no 406 for the legacy producer
+    assert main["type"] == "classic"
+    retry = pipeline.queue("matches.retry.1m")
+    assert retry is not None
+    assert retry["arguments"] == {
+        "x-message-ttl": 60000,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": "matches",
+    }
+    assert pipeline.queue("matches.dlq") is not None
+    policy = pipeline.policy("matchops.matches")
+    assert policy is not None
+    assert policy["definition"] == {
+        "dead-letter-exchange": "",
+        "dead-letter-routing-key": "matches.dlq",
+    }
+    with pipeline.rabbitmq.management() as api:
+        bindings = api.get(
+            f"/bindings/{quote(pipeline.vhost.name, safe='')}/e/matches/q/matches"
+        ).json()
+    assert {b["routing_key"] for b in bindings} == {"matches", "matches.process"}
+
+    status = pipeline.mi("matches")["status"]
+    assert status["topology"]["retryQueues"] == [
+        "matches.retry.10s",
+        "matches.retry.1m",
+        "matches.retry.5m",
+    ]
+    assert status["backlog"]["ready"] == 0
+    assert status["workers"]["summary"] == "0/0"
+
+
+def test_an_unchanged_resource_writes_nothing(pipeline: Pipeline, operator: KopfRunner) -> None:
+    pipeline.secrets()
+    pipeline.apply(sample("minimal.yaml"))
+    pipeline.wait_condition("u14-northeast", "Ready", "True")
+    time.sleep(2)  # let the first polls settle what they record
+
+    def versions() -> dict[str, str]:
+        return {
+            kind: pipeline.json(kind, name)["metadata"]["resourceVersion"]
+            for kind, name in [
+                ("matchingestion", "u14-northeast"),
+                ("cronjob", "u14-northeast-scraper"),
+                ("deployment", "u14-northeast-worker"),
+            ]
+        }
+
+    before, events_before = versions(), len(pipeline.events("u14-northeast"))
+    time.sleep(5)  # five polls, each reading the queue and re-applying every child
+    assert versions() == before
+    assert len(pipeline.events("u14-northeast")) == events_before
+
+
+def test_spec_changes_reach_the_children(pipeline: Pipeline, operator: KopfRunner) -> None:
+    pipeline.secrets()
+    pipeline.apply(sample("minimal.yaml"))
+    pipeline.wait_condition("u14-northeast", "Ready", "True")
+    pipeline.apply(
+        sample(
+            "minimal.yaml",
+            scraper__schedule="30 7 * * 1-5",
+            scraper__suspend=True,
+            workers__prefetch=400,
+            workers__minReplicas=2,
+        )
+    )
+
+    def followed() -> bool:
+        cronjob = pipeline.json("cronjob", "u14-northeast-scraper")["spec"]
+        deployment = pipeline.json("deployment", "u14-northeast-worker")["spec"]
+        (worker,) = deployment["template"]["spec"]["containers"]
+        env = {var["name"]: var.get("value") for var in worker["env"]}
+        return (
+            cronjob["schedule"] == "30 7 * * 1-5"
+            and cronjob["suspend"] is True
+            and env["MATCHOPS_PREFETCH"] == "400"
+            and deployment["replicas"] == 2
+        )
+
+    wait_for(followed, "the CronJob and Deployment to follow the spec")
+    mi = pipeline.mi("u14-northeast")
+    wait_for(
+        lambda: (
+            pipeline.mi("u14-northeast")["status"]["observedGeneration"]
+            == mi["metadata"]["generation"]
+        ),
+        "observedGeneration to catch up",
+    )
+    scraper = pipeline.condition("u14-northeast", "ScraperReady")
+    assert scraper is not None
+    assert scraper["reason"] == "ScraperSuspended"
+
+
+def test_backlog_scales_workers_up_and_down_with_events(
+    pipeline: Pipeline, operator: KopfRunner
+) -> None:
+    pipeline.secrets()
+    pipeline.apply(
+        sample(
+            "legacy-celery.yaml",
+            workers__maxReplicas=4,
+            workers__targetBacklogPerReplica=100,
+            workers__scaleDownDelaySeconds=3,
+        )
+    )
+    pipeline.wait_condition("matches", "Ready", "True")
+    pipeline.vhost.publish("matches", "matches.process", [b'{"n": %d}' % i for i in range(1000)])
+
+    wait_for(lambda: pipeline.replicas("matches") == 4, "workers scaled up to maxReplicas 4")
+    # A poll may catch the publisher half-way and scale up in two steps.
+    ups = wait_for(
+        lambda: [m for m in scaled_events(pipeline, "matches") if m.split(":")[0].endswith("4")],
+        "a Scaled Event up to 4",
+    )
+    assert re.fullmatch(
+        r"Scaled workers [0-3] → 4: backlog \d+, throughput not measured yet, "
+        r"target 100 per replica( \(capped at maxReplicas 4\))?",
+        ups[0],
+    ), ups[0]
+    workers = pipeline.mi("matches")["status"]["workers"]
+    assert workers["desiredReplicas"] == 4
+    assert workers["lastScaleReason"] == ups[0].split(": ", 1)[1]
+    # No node runs the pods: the workers are on their way, not ready.
+    pipeline.wait_condition("matches", "Reconciling", "True", "WorkersProgressing")
+    assert pipeline.mi("matches")["status"]["backlog"]["ready"] == 1000
+
+    drained = len(pipeline.vhost.take("matches"))
+    assert drained == 1000
+    started = time.monotonic()
+    wait_for(lambda: pipeline.replicas("matches") == 3, "a first step down", timeout=30)
+    assert time.monotonic() - started >= 2.0  # the 3 s delay, less one poll of slack
+    wait_for(lambda: pipeline.replicas("matches") == 0, "workers scaled to zero", timeout=30)
+    steps = scaled_events(pipeline, "matches")
+    steps = steps[[m.split(":")[0] for m in steps].index("Scaled workers 4 → 3") :]
+    assert [m.split(":")[0] for m in steps] == [
+        "Scaled workers 4 → 3",
+        "Scaled workers 3 → 2",
+        "Scaled workers 2 → 1",
+        "Scaled workers 1 → 0",
+    ]
+    assert all("scale-down delay 3s" in m for m in steps)
+    pipeline.wait_condition("matches", "Ready", "True")
+
+
+def test_missing_secret_then_recovery(pipeline: Pipeline, operator: KopfRunner) -> None:
+    pipeline.apply(sample("minimal.yaml"))
+    stalled = pipeline.wait_condition("u14-northeast", "Stalled", "True", "SecretNotFound")
+    assert stalled["message"] == (
+        f"Secret {pipeline.namespace}/rabbitmq not found; create it with key 'url' holding "
+        "the broker's AMQP URL"
+    )
+    ready = pipeline.condition("u14-northeast", "Ready")
+    assert ready is not None
+    assert (ready["status"], ready["reason"]) == ("False", "SecretNotFound")
+    mi = pipeline.mi("u14-northeast")
+    assert mi["status"]["observedGeneration"] == mi["metadata"]["generation"]
+    warnings = [e for e in pipeline.events("u14-northeast") if e["type"] == "Warning"]
+    # Both Secrets are missing: the broker's (TopologyReady) and the database's (WorkersReady).
+    assert [(e["reason"], e["message"].split()[1]) for e in warnings] == [
+        ("SecretNotFound", f"{pipeline.namespace}/rabbitmq"),
+        ("SecretNotFound", f"{pipeline.namespace}/postgres"),
+    ]
+    workers = pipeline.condition("u14-northeast", "WorkersReady")
+    assert workers is not None
+    assert workers["reason"] == "SecretNotFound"
+    # The scraper CronJob does not need the Secret's value: it is there already.
+    pipeline.json("cronjob", "u14-northeast-scraper")
+
+    time.sleep(3)  # retries with backoff: the condition stays, no new Events
+    assert len([e for e in pipeline.events("u14-northeast") if e["type"] == "Warning"]) == 2
+
+    pipeline.secrets()
+    pipeline.wait_condition("u14-northeast", "Ready", "True", timeout=30)
+    assert pipeline.condition("u14-northeast", "Stalled") is None
+    reasons = [e["reason"] for e in pipeline.events("u14-northeast")]
+    assert reasons[-2:] == ["TopologyDeclared", "Ready"] or "TopologyDeclared" in reasons
+
+
+def test_refused_credentials_then_recovery(pipeline: Pipeline, operator: KopfRunner) -> None:
+    wrong = pipeline.vhost.url.replace(
+        f":{quote(pipeline.rabbitmq.password, safe='')}@", ":not-the-password@"
+    )
+    pipeline.secrets(url=wrong, management=False)
+    pipeline.apply(sample("minimal.yaml"))
+    stalled = pipeline.wait_condition(
+        "u14-northeast", "Stalled", "True", "BrokerAuthenticationFailed"
+    )
+    assert f"Secret {pipeline.namespace}/rabbitmq key 'url'" in stalled["message"]
+    assert "not-the-password" not in json.dumps(pipeline.mi("u14-northeast"))
+    pipeline.kubectl("delete", "secret", "rabbitmq")
+    pipeline.kubectl(
+        "create", "secret", "generic", "rabbitmq", f"--from-literal=url={pipeline.vhost.url}"
+    )
+    pipeline.wait_condition("u14-northeast", "Ready", "True", timeout=30)
+
+
+def test_quorum_queue_on_a_legacy_classic_queue_is_a_conflict_not_a_crash(
+    pipeline: Pipeline, operator: KopfRunner
+) -> None:
+    # The legacy producer declared the queue plainly, before the operator arrived.
+    with pipeline.vhost.channel() as channel:
+        channel.queue_declare("matches", durable=True)
+    pipeline.secrets()
+    pipeline.apply(sample("legacy-celery.yaml", broker__queueType="quorum"))
+    stalled = pipeline.wait_condition("matches", "Stalled", "True", "QueueConflict")
+    assert "queue matches already exists with other settings" in stalled["message"]
+    assert "PRECONDITION_FAILED" in stalled["message"]
+    assert "x-queue-type" in stalled["message"]
+    topology = pipeline.condition("matches", "TopologyReady")
+    assert topology is not None
+    assert topology["status"] == "False"
+    # The backlog is still read, so scaling keeps working (the producer binds the queue itself;
+    # the declaration stopped at the conflict, before the bindings).
+    pipeline.vhost.publish("", "matches", [b"{}"] * 3)
+    wait_for(lambda: pipeline.replicas("matches") == 1, "a worker for the waiting messages")
+    queue = pipeline.queue("matches")
+    assert queue is not None
+    assert queue["arguments"] == {}  # nothing was deleted or re-declared
+
+    pipeline.apply(sample("legacy-celery.yaml"))  # queueType: classic, as it really is
+    pipeline.wait_condition("matches", "TopologyReady", "True")
+    assert pipeline.condition("matches", "Stalled") is None
+
+
+def test_topology_and_children_deleted_by_hand_are_repaired(
+    pipeline: Pipeline, operator: KopfRunner
+) -> None:
+    pipeline.secrets()
+    pipeline.apply(sample("legacy-celery.yaml"))
+    pipeline.wait_condition("matches", "Ready", "True")
+    with pipeline.vhost.channel() as channel:
+        channel.queue_delete("matches.dlq")
+        channel.queue_delete("matches.retry.10s")
+    pipeline.kubectl("delete", "deployment", "matches-worker")
+    wait_for(lambda: pipeline.queue("matches.dlq"), "the dead-letter queue to be re-declared")
+    wait_for(lambda: pipeline.queue("matches.retry.10s"), "the retry queue to be re-declared")
+    wait_for(
+        lambda: (
+            pipeline.cluster.kubectl(
+                "-n", pipeline.namespace, "get", "deployment", "matches-worker", check=False
+            ).returncode
+            == 0
+        ),
+        "the Deployment to be re-created",
+    )
+
+
+@pytest.mark.parametrize(
+    ("policy", "kept"), [("Retain", True), ("Delete", False)], ids=["retain", "delete"]
+)
+def test_deletion_policy_decides_the_queues_and_children_are_collected(
+    pipeline: Pipeline, operator: KopfRunner, policy: str, kept: bool
+) -> None:
+    pipeline.secrets()
+    pipeline.apply(sample("legacy-celery.yaml", broker__deletionPolicy=policy))
+    pipeline.wait_condition("matches", "Ready", "True")
+    pipeline.vhost.publish("matches", "matches", [b"{}"] * 5)
+    pipeline.kubectl("delete", "matchingestion", "matches", "--wait=true", "--timeout=60s")
+
+    queues = ["matches", "matches.retry.10s", "matches.retry.1m", "matches.retry.5m", "matches.dlq"]
+    assert [pipeline.queue(q) is not None for q in queues] == [kept] * len(queues)
+    assert (pipeline.policy("matchops.matches") is not None) is kept
+    if kept:
+        assert pipeline.vhost.depth("matches") == 5
+
+    def collected() -> bool:
+        for kind, name in [("cronjob", "matches-scraper"), ("deployment", "matches-worker")]:
+            found = pipeline.cluster.kubectl(
+                "-n", pipeline.namespace, "get", kind, name, "--ignore-not-found", "-o", "name"
+            ).stdout.strip()
+            if found:
+                return False
+        return True
+
+    wait_for(collected, "the garbage collector to remove the CronJob and the Deployment")
+
+
+def test_kubectl_get_and_describe_tell_the_story(pipeline: Pipeline, operator: KopfRunner) -> None:
+    pipeline.secrets()
+    pipeline.apply(
+        sample("legacy-celery.yaml", workers__targetBacklogPerReplica=100, workers__maxReplicas=3)
+    )
+    pipeline.wait_condition("matches", "Ready", "True")
+    pipeline.vhost.publish("matches", "matches", [b"{}"] * 250)
+    wait_for(lambda: pipeline.replicas("matches") == 3, "three workers")
+    wait_for(
+        lambda: pipeline.mi("matches")["status"]["backlog"]["ready"] == 250, "the backlog in status"
+    )
+
+    header, row = pipeline.kubectl("get", "mi").splitlines()
+    names = ["NAME", "READY", "BACKLOG", "DLQ", "WORKERS", "LAST SCRAPE", "AGE"]
+    starts = [header.index(name) for name in names]
+    assert starts == sorted(starts)
+    cells = {
+        name: row[start:end].strip()
+        for name, start, end in zip(names, starts, [*starts[1:], None], strict=True)
+    }
+    assert cells == {
+        "NAME": "matches",
+        "READY": "False",
+        "BACKLOG": "250",
+        "DLQ": "0",
+        "WORKERS": "0/3",
+        "LAST SCRAPE": "",  # no scraper run yet
+        "AGE": cells["AGE"],
+    }
+    assert re.fullmatch(r"\d+s", cells["AGE"])
+
+    wide = pipeline.kubectl("get", "mi", "-o", "wide").splitlines()
+    assert wide[0].split()[-2:] == ["QUEUE", "REASON"]
+    assert wide[1].split()[-2:] == ["matches", "WorkersProgressing"]
+    # The category lists MatchIngestions alongside anything else matchops adds.
+    assert pipeline.kubectl("get", "matchops").splitlines()[1].split()[:2] == ["matches", "False"]
+
+    described = pipeline.kubectl("describe", "mi", "matches")
+    assert "Conditions:" in described
+    for line in [
+        "Type:                  Ready",
+        "Reason:                WorkersProgressing",
+        "Type:                  TopologyReady",
+        "Reason:                TopologyDeclared",
+    ]:
+        assert " ".join(line.split()) in " ".join(described.split())
+    events = described.split("Events:")[1]
+    assert "Scaled workers 0 → 3: backlog 250" in " ".join(events.split())
+    assert "matchops-operator" in events
+    assert "TopologyDeclared" in events
+
+
+def test_explain_teaches_the_fields(pipeline: Pipeline) -> None:
+    def explained() -> str:
+        # The published OpenAPI document follows a new CRD within seconds.
+        return " ".join(
+            pipeline.cluster.kubectl(
+                "explain", "mi.spec.workers.targetDrainSeconds", check=False
+            ).stdout.split()
+        )
+
+    text = wait_for(explained, "kubectl explain to know the field")
+    assert "Aim to clear the backlog within this many seconds" in text
+
+
+INVALID = [
+    ({"workers__minReplicas": 5, "workers__maxReplicas": 2}, "minReplicas must not exceed"),
+    ({"broker__queueType": "stream"}, 'supported values: "quorum", "classic"'),
+    ({"broker__retry": {"delays": ["10s", "5"]}}, "spec.broker.retry.delays[1]"),
+    ({"broker__retry": {"delays": ["5m", "1m"]}}, "retry delays must not decrease"),
+    ({"broker__queue": "q", "broker__deadLetterQueue": "q"}, "deadLetterQueue must differ"),
+    ({"broker__queue": "amq.matches"}, "reserved by RabbitMQ"),
+    ({"workers__batchSize": 500, "workers__prefetch": 100}, "batchSize must not exceed"),
+    ({"scraper__schedule": "every morning"}, "spec.scraper.schedule"),
+    ({"broker__deletionPolicy": "Purge"}, 'supported values: "Retain", "Delete"'),
+    ({"workers__batchWait": "fast"}, "spec.workers.batchWait"),
+]
+
+
+@pytest.mark.parametrize(("changes", "message"), INVALID)
+def test_invalid_specs_are_refused_by_the_api_server(
+    pipeline: Pipeline, changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(KubectlError) as refused:
+        pipeline.apply(sample("minimal.yaml", **changes))
+    assert message in refused.value.stderr
+
+
+def test_a_name_too_long_for_the_cronjob_is_refused(pipeline: Pipeline) -> None:
+    manifest = sample("minimal.yaml")
+    manifest["metadata"]["name"] = "x" * 45
+    with pytest.raises(KubectlError) as refused:
+        pipeline.apply(manifest)
+    assert "metadata.name must be at most 44 characters" in refused.value.stderr
