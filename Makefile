@@ -50,8 +50,12 @@ demo: sync ## run the worker on a sample season against a local RabbitMQ and Pos
 	$(UV) run --locked python -m matchops_devenv demo
 
 .PHONY: bench
-bench: sync ## measure worker throughput (messages/s) against a local RabbitMQ and PostgreSQL
+bench: sync bench-scaling ## measure worker throughput (messages/s) against a local RabbitMQ and PostgreSQL
 	$(UV) run --locked python bench/worker_bench.py
+
+.PHONY: bench-scaling
+bench-scaling: ## replay a bursty day through the autoscaler, KEDA's formula and fixed replicas
+	$(UV) run --locked python bench/scaling.py
 
 IMG ?= localhost/matchops:dev
 CONTAINER_TOOL ?= docker
