@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
+import prometheus_client
 import psycopg
 
 from matchops_worker import logs, store
@@ -85,6 +86,8 @@ def run_worker() -> int:
     logging.getLogger().setLevel(config.logging_level)
     for note in config.notes():
         log.info(note)
+    # `*_created` samples double the series and tell nothing a dashboard uses.
+    prometheus_client.disable_created_metrics()
     metrics, health = Metrics(), Health()
     server = serve(metrics, health, config.metrics_port)
     log.info(
