@@ -87,7 +87,7 @@ def run_worker() -> int:
     for note in config.notes():
         log.info(note)
     # `*_created` samples double the series and tell nothing a dashboard uses.
-    prometheus_client.disable_created_metrics()
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     metrics, health = Metrics(), Health()
     server = serve(metrics, health, config.metrics_port)
     log.info(
