@@ -1,4 +1,4 @@
-"""`python -m matchops_devenv cluster up|down|status`: the local control plane as a command."""
+"""`python -m matchops_devenv cluster up|down|status`: the local cluster as a command."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from matchops_devenv import procs, toolchain
+from matchops_devenv import noderegistry, procs, toolchain
 from matchops_devenv.controlplane import (
     ControlPlane,
     ControlPlaneConfig,
@@ -20,6 +20,7 @@ from matchops_devenv.controlplane import (
     owner_pid,
     shut_down,
 )
+from matchops_devenv.node import Node, NodeConfig, NodeError, sweep
 
 
 def default_state_dir() -> Path:
@@ -73,6 +74,18 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         help="Service cluster IP range (default: %(default)s)",
     )
     up.add_argument("--port", type=int, default=0, help="API server port (default: a free port)")
+    node_defaults = NodeConfig()
+    up.add_argument(
+        "--node",
+        action="store_true",
+        help="add a node (scheduler, containerd, kubelet, kube-proxy) so pods run; needs root",
+    )
+    up.add_argument(
+        "--pod-subnet",
+        type=_network,
+        default=node_defaults.pod_subnet,
+        help="the node's pod addresses, inside its own network namespace (default: %(default)s)",
+    )
     up.set_defaults(run=run_up)
 
     down = actions.add_parser("down", help="stop the cluster started by `cluster up`")
@@ -99,14 +112,26 @@ def run_up(args: argparse.Namespace) -> int:
     except (ControlPlaneError, procs.ServiceError, toolchain.ToolchainError) as error:
         print(f"cluster: {error}", file=sys.stderr)
         return 1
+    node = None
+    if args.node:
+        node = Node(plane, NodeConfig(pod_subnet=args.pod_subnet), nodes_root=plane.layout.nodes)
+        try:
+            node.start()
+        except NodeError as error:
+            plane.stop()
+            print(f"cluster: node: {error}", file=sys.stderr)
+            return 1
     kubeconfig = plane.layout.kubeconfig
     print(f"cluster: ready in {time.monotonic() - started:.1f}s at {plane.server}")
+    if node is not None:
+        print(f"cluster: node {node.name} Ready ({node.timings}); state {node.state_dir}")
+        print(f"cluster: pods reach this machine's loopback services at {node.host_address}")
     print(f"cluster: kubeconfig {kubeconfig}")
     print(f"  export KUBECONFIG={kubeconfig}")
     print("cluster: Ctrl-C or `python -m matchops_devenv cluster down` stops it", flush=True)
     try:
         while not stop.wait(1.0):
-            failed = plane.failed()
+            failed = plane.failed() or (node.failed() if node is not None else None)
             if failed is not None:
                 print(
                     f"cluster: {failed.name} exited; log {failed.log_path}:\n"
@@ -115,6 +140,8 @@ def run_up(args: argparse.Namespace) -> int:
                 )
                 return 1
     finally:
+        if node is not None:
+            node.stop()
         plane.stop()
     print("cluster: stopped", flush=True)
     return 0
@@ -126,6 +153,10 @@ def run_down(args: argparse.Namespace) -> int:
     except ControlPlaneError as error:
         print(f"cluster: {error}", file=sys.stderr)
         return 1
+    if noderegistry.registry_dir().is_dir():
+        # A crashed `cluster up --node` leaves containers, mounts and namespaces that pid
+        # files do not reach.
+        stopped = bool(sweep(Layout(args.state_dir.resolve()).nodes)) or stopped
     print("cluster: stopped" if stopped else "cluster: not running")
     return 0
 

@@ -345,21 +345,34 @@ class ControlPlane:
         """Process ids of the running components."""
         return [service.process.pid for service in self.services if service.process is not None]
 
+    @property
+    def certificate_authority(self) -> pki.CertificateAuthority:
+        """The cluster's CA, for the certificates of components added later (a node's kubelet)."""
+        if self._ca is None:
+            raise ControlPlaneError("the control plane has not been started")
+        return self._ca
+
     def write_kubeconfig(
-        self, identity: pki.Identity, path: Path, *, server: str | None = None
+        self,
+        identity: pki.Identity,
+        path: Path,
+        *,
+        server: str | None = None,
+        tls_server_name: str | None = None,
     ) -> Path:
         """A kubeconfig that authenticates as `identity`, for a component or node added later.
 
-        `server` overrides the API server URL, for clients that reach it by another address.
+        `server` overrides the API server URL, for clients that reach it by another address;
+        `tls_server_name` then names what the serving certificate is checked against.
         """
-        if self._ca is None:
-            raise ControlPlaneError("the control plane has not been started")
+        ca = self.certificate_authority
         config = render_kubeconfig(
             server=server or self.server,
-            ca_pem=self._ca.key_pair.cert_pem,
-            client=self._ca.issue_client(identity),
+            ca_pem=ca.key_pair.cert_pem,
+            client=ca.issue_client(identity),
             cluster=CLUSTER_NAME,
             user=identity.user,
+            tls_server_name=tls_server_name,
         )
         return write_kubeconfig(path, config)
 

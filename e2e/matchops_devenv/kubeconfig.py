@@ -27,21 +27,24 @@ def render_kubeconfig(
     cluster: str = "matchops",
     user: str = "matchops-admin",
     namespace: str | None = None,
+    tls_server_name: str | None = None,
 ) -> dict[str, Any]:
-    """A kubeconfig with one cluster, one user and one current context named after the cluster."""
+    """A kubeconfig with one cluster, one user and one current context named after the cluster.
+
+    `tls_server_name` is the name the server's certificate is checked against, for clients
+    that dial the server by an address the certificate does not name.
+    """
     context: dict[str, str] = {"cluster": cluster, "user": user}
     if namespace is not None:
         context["namespace"] = namespace
+    server_entry = {"server": server, "certificate-authority-data": _b64(ca_pem)}
+    if tls_server_name is not None:
+        server_entry["tls-server-name"] = tls_server_name
     return {
         "apiVersion": "v1",
         "kind": "Config",
         "preferences": {},
-        "clusters": [
-            {
-                "name": cluster,
-                "cluster": {"server": server, "certificate-authority-data": _b64(ca_pem)},
-            }
-        ],
+        "clusters": [{"name": cluster, "cluster": server_entry}],
         "users": [
             {
                 "name": user,

@@ -1,10 +1,14 @@
-"""pytest fixtures: one real Kubernetes control plane per test session.
+"""pytest fixtures: one real Kubernetes control plane per test session, and a node for it.
 
 `cluster` starts etcd, kube-apiserver and kube-controller-manager the first time a test asks
 for it and stops them when the session ends; `namespace` gives each test a fresh namespace.
 The cluster's state directory is claimed like the other services' (`statedir`), so the
 clusters of sessions that were killed before they could clean up are stopped and removed when
 the next session starts.
+
+`node` adds the scheduler, containerd, kubelet and kube-proxy to the session's cluster (the
+first time a test asks for it), with the pause and project images imported, so pods run.
+Nodes of killed sessions are removed when the next node starts (`node.sweep`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import pytest
 from matchops_devenv import statedir
 from matchops_devenv.access import ClusterAccess
 from matchops_devenv.controlplane import ControlPlane
+from matchops_devenv.node import Node
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +50,14 @@ def namespace(cluster: ClusterAccess) -> Iterator[str]:
     cluster.kubectl("create", "namespace", name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+@pytest.fixture(scope="session")
+def node(control_plane: ControlPlane) -> Iterator[Node]:
+    """A Ready node in the session's cluster; `node.reachable(url)` gives pods a host service."""
+    started = Node(control_plane)
+    try:
+        started.start()
+        yield started
+    finally:
+        started.stop()

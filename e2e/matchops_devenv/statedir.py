@@ -36,7 +36,7 @@ def claim(kind: str, root: Path | None = None) -> Path:
     sweep(root)
     path = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=root))
     path.chmod(0o755)
-    (path / OWNER_FILE).write_text(_identity(os.getpid()))
+    (path / OWNER_FILE).write_text(identity(os.getpid()))
     return path
 
 
@@ -54,7 +54,7 @@ def sweep(root: Path) -> list[Path]:
         owner = path / OWNER_FILE
         if not path.is_dir() or not owner.is_file():
             continue
-        if _owner_alive(owner.read_text()):
+        if owner_alive(owner.read_text()):
             continue
         reap_stale(path)
         shutil.rmtree(path, ignore_errors=True)
@@ -62,13 +62,15 @@ def sweep(root: Path) -> list[Path]:
     return removed
 
 
-def _identity(pid: int) -> str:
+def identity(pid: int) -> str:
+    """How an owner is recorded: its pid and kernel start time, which no reused pid repeats."""
     return f"{pid} {_start_time(pid)}"
 
 
-def _owner_alive(identity: str) -> bool:
+def owner_alive(recorded: str) -> bool:
+    """Whether the process recorded as `recorded` (see `identity`) still runs."""
     try:
-        pid_text, start = identity.split()
+        pid_text, start = recorded.split()
         pid = int(pid_text)
     except ValueError:
         return False

@@ -1,0 +1,175 @@
+"""The node's network on the host: namespace, veth link, bridge, and forwards to host services.
+
+The only rules this adds to the host's own iptables are in one nat chain per node,
+`MATCHOPS-<id>`, jumped to from PREROUTING for packets arriving on the node's link (the jump is
+commented with the node's name). They forward connections from the node to a port on any of
+the host's addresses to the same port on loopback, so pods reach loopback-only services (the
+API server, the test RabbitMQ and PostgreSQL) through the host's link address. The link allows
+that with `route_localnet`, set on the link alone.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from matchops_devenv.nodenet import NodeNetwork, chain_of, id_in, name_of
+
+NETNS_DIR = Path("/run/netns")
+
+
+class HostNetworkError(RuntimeError):
+    """A command that sets up or removes a node's network failed."""
+
+
+def _run(argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    try:
+        done = subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    except FileNotFoundError as error:
+        raise HostNetworkError(
+            f"{argv[0]} not found: the node needs iproute2 and iptables (`make deps`)"
+        ) from error
+    if check and done.returncode != 0:
+        raise HostNetworkError(
+            f"{' '.join(argv)} exited with {done.returncode}: {done.stderr.strip()}"
+        )
+    return done
+
+
+def in_netns(network: NodeNetwork, argv: Sequence[str]) -> list[str]:
+    """`argv` run inside the node's network namespace (and nothing else's)."""
+    return ["nsenter", f"--net={NETNS_DIR / network.netns}", "--", *argv]
+
+
+def _sysctl_in(network: NodeNetwork, key: str, value: str) -> None:
+    _run(in_netns(network, ["sysctl", "-q", "-w", f"{key}={value}"]))
+
+
+def create(network: NodeNetwork) -> None:
+    """Create the node's namespace, its link to the host, the pods' bridge and the nat chain."""
+    netns, host_link = network.netns, network.host_link
+    _run(["ip", "netns", "add", netns])
+    _run(["ip", "link", "add", host_link, "type", "veth", "peer", "name", "eth0", "netns", netns])
+    _run(
+        ["ip", "addr", "add", f"{network.host_address}/{network.link.prefixlen}", "dev", host_link]
+    )
+    # Connections forwarded to loopback arrive on this link; the kernel drops them otherwise.
+    Path(f"/proc/sys/net/ipv4/conf/{host_link}/route_localnet").write_text("1")
+    _run(["ip", "link", "set", host_link, "up"])
+    node = ["ip", "-n", netns]
+    _run([*node, "link", "set", "lo", "up"])
+    _run([*node, "addr", "add", f"{network.node_address}/{network.link.prefixlen}", "dev", "eth0"])
+    _run([*node, "link", "set", "eth0", "up"])
+    _run([*node, "route", "add", "default", "via", str(network.host_address)])
+    # The bridge exists before any pod, so services can listen on its address from the start;
+    # the CNI bridge plugin adopts it.
+    _run([*node, "link", "add", network.bridge, "type", "bridge"])
+    gateway = f"{network.gateway}/{network.pod_subnet.prefixlen}"
+    _run([*node, "addr", "add", gateway, "dev", network.bridge])
+    _run([*node, "link", "set", network.bridge, "up"])
+    # Both are per network namespace: the host's own settings stay as they are.
+    _sysctl_in(network, "net.ipv4.ip_forward", "1")
+    _sysctl_in(network, "net.bridge.bridge-nf-call-iptables", "1")
+    chain = network.chain
+    _run(["iptables", "-w", "-t", "nat", "-N", chain])
+    _run(["iptables", "-w", "-t", "nat", "-I", "PREROUTING", *_jump(network.node_id)])
+
+
+def _jump(node_id: str) -> list[str]:
+    return [
+        "-i",
+        name_of(node_id),
+        "-m",
+        "comment",
+        "--comment",
+        f"matchops node {node_id}",
+        "-j",
+        chain_of(node_id),
+    ]
+
+
+def forward_to_loopback(network: NodeNetwork, port: int) -> None:
+    """Let the node reach the host's loopback-only service on `port` at the host's addresses."""
+    rule = [
+        "-p",
+        "tcp",
+        "-m",
+        "addrtype",
+        "--dst-type",
+        "LOCAL",
+        "--dport",
+        str(port),
+        "-j",
+        "DNAT",
+        "--to-destination",
+        f"127.0.0.1:{port}",
+    ]
+    check = _run(["iptables", "-w", "-t", "nat", "-C", network.chain, *rule], check=False)
+    if check.returncode != 0:
+        _run(["iptables", "-w", "-t", "nat", "-A", network.chain, *rule])
+
+
+def delete(node_id: str) -> None:
+    """Remove the node's namespace (its link, bridge and rules go with it) and its nat chain.
+
+    Safe to call for parts that were never created or are already gone.
+    """
+    name = name_of(node_id)
+    chain = chain_of(node_id)
+    while (
+        _run(
+            ["iptables", "-w", "-t", "nat", "-C", "PREROUTING", *_jump(node_id)], check=False
+        ).returncode
+        == 0
+    ):
+        _run(["iptables", "-w", "-t", "nat", "-D", "PREROUTING", *_jump(node_id)])
+    if _run(["iptables", "-w", "-t", "nat", "-F", chain], check=False).returncode == 0:
+        _run(["iptables", "-w", "-t", "nat", "-X", chain])
+    if (NETNS_DIR / name).exists():
+        _run(["ip", "netns", "delete", name])
+    if link_exists(name):
+        _run(["ip", "link", "delete", name])
+
+
+def link_exists(name: str) -> bool:
+    return _run(["ip", "link", "show", "dev", name], check=False).returncode == 0
+
+
+def node_ids_on_host() -> set[str]:
+    """Ids of nodes with a namespace, link or nat chain on this host, ours or leftovers."""
+    found: set[str] = set()
+    if NETNS_DIR.is_dir():
+        found.update(i for entry in NETNS_DIR.iterdir() if (i := id_in(entry.name)))
+    links = json.loads(_run(["ip", "-j", "link", "show"]).stdout or "[]")
+    found.update(i for link in links if (i := id_in(str(link.get("ifname", "")))))
+    rules = _run(["iptables", "-w", "-t", "nat", "-S"]).stdout.splitlines()
+    for rule in rules:
+        parts = rule.split()
+        if len(parts) == 2 and parts[0] == "-N" and parts[1].startswith("MATCHOPS-"):
+            candidate = parts[1].removeprefix("MATCHOPS-")
+            if (i := id_in(name_of(candidate))) is not None:
+                found.add(i)
+    return found
+
+
+def host_networks() -> list[ipaddress.IPv4Network]:
+    """The IPv4 networks of the host's addresses and routes, which a new link must avoid."""
+    networks: list[ipaddress.IPv4Network] = []
+    for route in json.loads(
+        _run(["ip", "-j", "-4", "route", "show", "table", "all"]).stdout or "[]"
+    ):
+        destination = route.get("dst", "")
+        if destination in ("", "default") or route.get("type") in ("broadcast", "local"):
+            continue
+        try:
+            networks.append(ipaddress.IPv4Network(destination, strict=False))
+        except ValueError:
+            continue
+    for link in json.loads(_run(["ip", "-j", "-4", "addr", "show"]).stdout or "[]"):
+        for address in link.get("addr_info", []):
+            interface = ipaddress.IPv4Interface(f"{address['local']}/{address['prefixlen']}")
+            networks.append(interface.network)
+    return networks
