@@ -83,6 +83,7 @@ class _Memory:
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     status: dict[str, Any] | None = None
+    generation: int = 0
     history: scaling.History | None = None
     failures: int = 0
     next_attempt: float = 0.0
@@ -117,6 +118,11 @@ class Reconciler:
         resource = Resource.from_body(body)
         memory = self._memory.setdefault(resource.owner.uid, _Memory())
         async with memory.lock:
+            if resource.generation < memory.generation:
+                # A body older than one already reconciled (a poll that waited for the lock
+                # while a spec change was handled): acting on it would undo the change.
+                return Outcome()
+            memory.generation = resource.generation
             run = _Run(self._kube, self._settings, resource, memory, self._clock())
             observed = await run.execute()
             if not run.problems:
@@ -236,9 +242,10 @@ class _Run:
             blocks["backlog"] = backlog_status(
                 report.observation, report.dead_lettered, self.previous.get("backlog")
             )
-        scraper_block = scraper_status(cronjob)
-        if scraper_block is not None:
-            blocks["scraper"] = scraper_block
+        if cronjob is not None:
+            blocks["scraper"] = scraper_status(cronjob)
+        elif spec.scraper is None:
+            blocks["scraper"] = None  # removed from the spec: the block goes too
         await self._report([topology_part, scraper_part, workers.part], blocks)
         self.memory.history = workers.decision.history
         return observation is not None
@@ -348,9 +355,10 @@ class _Run:
     async def _report(self, parts: list[Part], blocks: dict[str, Any]) -> None:
         """Write what changed in status, then record the Events of this run."""
         previous_conditions = self.previous.get("conditions") or []
+        kept = {k: v for k, v in self.previous.items() if k in OWNED and k not in blocks}
         new = {
-            **{k: v for k, v in self.previous.items() if k in OWNED},
-            **blocks,
+            **kept,
+            **{k: v for k, v in blocks.items() if v is not None},
             "observedGeneration": self.resource.generation,
             "conditions": conditions.render(
                 parts,

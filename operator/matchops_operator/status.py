@@ -113,10 +113,8 @@ def workers_status(
     return block
 
 
-def scraper_status(cronjob: CronJob | None) -> dict[str, Any] | None:
-    """`status.scraper` from the CronJob's own status; None without a scraper."""
-    if cronjob is None:
-        return None
+def scraper_status(cronjob: CronJob) -> dict[str, Any]:
+    """`status.scraper` from the CronJob's own status."""
     status = cronjob.status
     block: dict[str, Any] = {"active": len(status.active or []) if status else 0}
     if status is not None:

@@ -12,6 +12,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -173,8 +174,8 @@ def pipeline(
     return Pipeline(cluster, namespace, vhost, rabbitmq)
 
 
-@pytest.fixture
-def operator(pipeline: Pipeline) -> Iterator[KopfRunner]:
+@contextmanager
+def running_operator(pipeline: Pipeline) -> Iterator[KopfRunner]:
     """The operator watching the test's namespace: 1 s polls, short backoff."""
     settings = OperatorSettings(
         namespaces=(pipeline.namespace,),
@@ -193,6 +194,12 @@ def operator(pipeline: Pipeline) -> Iterator[KopfRunner]:
     ) as runner:
         yield runner
     assert runner.exception is None
+
+
+@pytest.fixture
+def operator(pipeline: Pipeline) -> Iterator[KopfRunner]:
+    with running_operator(pipeline) as runner:
+        yield runner
 
 
 def test_legacy_sample_creates_cronjob_deployment_and_queues(
@@ -329,6 +336,66 @@ def test_spec_changes_reach_the_children(pipeline: Pipeline, operator: KopfRunne
     assert scraper["reason"] == "ScraperSuspended"
 
 
+def test_removing_the_scraper_removes_its_cronjob(pipeline: Pipeline, operator: KopfRunner) -> None:
+    pipeline.secrets()
+    manifest = sample("minimal.yaml")
+    pipeline.apply(manifest)
+    pipeline.wait_condition("u14-northeast", "Ready", "True")
+    assert "scraper" in pipeline.mi("u14-northeast")["status"]
+    del manifest["spec"]["scraper"]
+    pipeline.kubectl(
+        "replace",
+        "-f",
+        "-",
+        input=yaml.safe_dump(
+            {**manifest, "metadata": {**manifest["metadata"], "namespace": pipeline.namespace}}
+        ),
+    )
+    pipeline.wait_condition("u14-northeast", "ScraperReady", "True", "NoScraper")
+    wait_for(
+        lambda: (
+            not pipeline.kubectl(
+                "get", "cronjob", "u14-northeast-scraper", "--ignore-not-found", "-o", "name"
+            ).strip()
+        ),
+        "the CronJob to be deleted",
+    )
+    wait_for(
+        lambda: "scraper" not in pipeline.mi("u14-northeast")["status"],
+        "status.scraper to go",
+    )
+
+
+def test_a_restarted_operator_goes_on_where_it_stopped(pipeline: Pipeline) -> None:
+    pipeline.secrets()
+    pipeline.apply(
+        sample(
+            "legacy-celery.yaml",
+            workers__maxReplicas=3,
+            workers__targetBacklogPerReplica=100,
+            workers__scaleDownDelaySeconds=3600,
+        )
+    )
+    with running_operator(pipeline):
+        pipeline.wait_condition("matches", "TopologyReady", "True")
+        pipeline.vhost.publish("matches", "matches", [b"{}"] * 500)
+        wait_for(lambda: pipeline.replicas("matches") == 3, "three workers")
+        pipeline.vhost.take("matches")
+        wait_for(
+            lambda: "overProvisionedSince" in pipeline.mi("matches")["status"]["workers"],
+            "the scale-down delay to start",
+        )
+    before = pipeline.mi("matches")["status"]
+    scaled_before = scaled_events(pipeline, "matches")
+    with running_operator(pipeline):
+        time.sleep(4)  # resume, then several polls
+        after = pipeline.mi("matches")["status"]
+    assert pipeline.replicas("matches") == 3  # not back to minReplicas 0
+    assert after["workers"]["overProvisionedSince"] == before["workers"]["overProvisionedSince"]
+    assert after["workers"]["lastScaleTime"] == before["workers"]["lastScaleTime"]
+    assert scaled_events(pipeline, "matches") == scaled_before
+
+
 def test_backlog_scales_workers_up_and_down_with_events(
     pipeline: Pipeline, operator: KopfRunner
 ) -> None:
@@ -360,7 +427,10 @@ def test_backlog_scales_workers_up_and_down_with_events(
     assert workers["lastScaleReason"] == ups[0].split(": ", 1)[1]
     # No node runs the pods: the workers are on their way, not ready.
     pipeline.wait_condition("matches", "Reconciling", "True", "WorkersProgressing")
-    assert pipeline.mi("matches")["status"]["backlog"]["ready"] == 1000
+    wait_for(
+        lambda: pipeline.mi("matches")["status"]["backlog"]["ready"] == 1000,
+        "the whole backlog in status",
+    )
 
     drained = len(pipeline.vhost.take("matches"))
     assert drained == 1000
