@@ -59,7 +59,7 @@ MAX_ERROR_TEXT: Final = 1000
 IDLE_POLL: Final = 0.25
 
 
-@dataclass
+@dataclass(slots=True)
 class Delivery:
     """One received message and what validation made of it."""
 
@@ -93,7 +93,9 @@ class Backoff:
 
 def attempts_of(headers: dict[str, Any] | None) -> int:
     """Retries a message has been through, from its `x-matchops-attempts` header."""
-    value = (headers or {}).get(ATTEMPTS_HEADER, 0)
+    if not headers:
+        return 0
+    value = headers.get(ATTEMPTS_HEADER, 0)
     if isinstance(value, bool):
         return 0
     try:

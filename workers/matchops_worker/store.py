@@ -10,7 +10,7 @@ nothing), so it stays right when several workers write the same match at once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final, Literal
@@ -320,8 +320,9 @@ def _entities(winners: Sequence[Collapsed]) -> Iterator[tuple[EntityTable, dict[
     yield from ((table, names) for table, names in tables.items() if names)
 
 
-# Incoming columns, in the order of each row of the batch's JSON parameter.
+# Incoming columns of the batch's JSON parameter (one object per row) and their SQL types.
 _INPUT: Final = (
+    ("ord", "integer"),
     ("external_match_id", "text"),
     ("season_key", "text"),
     ("age_group_key", "text"),
@@ -339,37 +340,35 @@ _INPUT: Final = (
     ("reported_at", "timestamptz"),
 )
 
-_ROW: Final[tuple[Callable[[MatchReport], object], ...]] = (
-    lambda r: r.external_match_id,
-    lambda r: name_key(r.season),
-    lambda r: name_key(r.age_group),
-    lambda r: name_key(r.division) if r.division else None,
-    lambda r: name_key(r.home_team),
-    lambda r: name_key(r.away_team),
-    lambda r: r.match_date,
-    lambda r: r.kickoff,
-    lambda r: r.match_type,
-    lambda r: r.location,
-    lambda r: r.notes,
-    lambda r: r.home_score,
-    lambda r: r.away_score,
-    lambda r: r.match_status.value,
-    lambda r: r.reported_at,
-)
+
+def _row(position: int, r: MatchReport) -> dict[str, object]:
+    """One report as an object of the batch's JSON parameter (keys as in _INPUT)."""
+    return {
+        "ord": position,
+        "external_match_id": r.external_match_id,
+        "season_key": name_key(r.season),
+        "age_group_key": name_key(r.age_group),
+        "division_key": name_key(r.division) if r.division else None,
+        "home_key": name_key(r.home_team),
+        "away_key": name_key(r.away_team),
+        "match_date": r.match_date,
+        "kickoff": r.kickoff,
+        "match_type": r.match_type,
+        "location": r.location,
+        "notes": r.notes,
+        "home_score": r.home_score,
+        "away_score": r.away_score,
+        "status": r.match_status.value,
+        "reported_at": r.reported_at,
+    }
 
 
 def _rows(group: Sequence[Collapsed]) -> str:
-    """The batch as one JSON array of rows: one parameter, however many reports.
+    """The batch as one JSON array of row objects: one parameter, however many reports.
 
     Adapting one JSON text is far cheaper, client and server side, than fifteen arrays.
     """
-    names = [name for name, _ in _INPUT]
-    rows = []
-    for position, winner in enumerate(group, start=1):
-        row = dict(zip(names, (get(winner.report) for get in _ROW), strict=True))
-        row["ord"] = position
-        rows.append(row)
-    return orjson.dumps(rows).decode()
+    return orjson.dumps([_row(n, w.report) for n, w in enumerate(group, start=1)]).decode()
 
 
 # Stored columns a report describes; optional descriptive ones keep their stored value when a
@@ -425,7 +424,7 @@ def _upsert_sql(kind: Literal["external", "natural"]) -> bytes:
         same_key = "{a}.external_match_id IS NULL AND {b}.external_match_id IS NULL AND " + (
             same_key
         )
-    fields = ", ".join(f"{name} {type_}" for name, type_ in (*_INPUT, ("ord", "integer")))
+    fields = ", ".join(f"{name} {type_}" for name, type_ in _INPUT)
     columns = ("external_match_id", *_DATA, "reported_at")
     assignments = ", ".join(
         [
