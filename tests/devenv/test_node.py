@@ -1,0 +1,373 @@
+"""Pods really run on the local node: the project image consumes, stores, publishes and stops.
+
+Every test uses the session's node (`node` fixture) and the session's RabbitMQ and PostgreSQL,
+which listen on loopback only: pods reach them through the address `node.reachable` gives.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+import yaml
+from matchops_devenv.access import ClusterAccess
+from matchops_devenv.broker_tools import Vhost
+from matchops_devenv.images import PAUSE_IMAGE, PROJECT_IMAGE
+from matchops_devenv.node import Node
+from matchops_worker.sample import SeasonPlan, season_reports
+
+pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.node]
+
+QUEUE = "matches"
+# What an operator's client library does in a pod: the Service's address from the
+# environment, the service account's token and CA from the mounted volume.
+IN_CLUSTER_CLIENT = """
+import json, os, ssl, urllib.request
+sa = "/var/run/secrets/kubernetes.io/serviceaccount"
+host = os.environ["KUBERNETES_SERVICE_HOST"]
+port = os.environ["KUBERNETES_SERVICE_PORT"]
+namespace = open(sa + "/namespace").read()
+request = urllib.request.Request(
+    f"https://{host}:{port}/api/v1/namespaces/{namespace}/pods",
+    headers={"Authorization": "Bearer " + open(sa + "/token").read()},
+)
+context = ssl.create_default_context(cafile=sa + "/ca.crt")
+with urllib.request.urlopen(request, context=context) as response:
+    print(json.dumps({"status": response.status, "host": host}))
+"""
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T], what: str, timeout: float = 90.0) -> T:
+    """Poll `check` until it returns something truthy; fail naming `what` and the last value."""
+    deadline = time.monotonic() + timeout
+    last = check()
+    while not last:
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout:.0f}s waiting for {what}; last {last!r}"
+            )
+        time.sleep(0.25)
+        last = check()
+    return last
+
+
+class Namespace:
+    """kubectl in one test's namespace."""
+
+    def __init__(self, cluster: ClusterAccess, name: str) -> None:
+        self.cluster = cluster
+        self.name = name
+
+    def kubectl(self, *args: str, input: str | None = None, timeout: float = 120.0) -> str:
+        return self.cluster.kubectl("-n", self.name, *args, input=input, timeout=timeout).stdout
+
+    def apply(self, *manifests: dict[str, Any]) -> None:
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests))
+
+    def get(self, *args: str) -> Any:
+        return json.loads(self.kubectl("get", *args, "-o", "json"))
+
+    def pipeline_secret(self, amqp_url: str, dsn: str | None = None) -> None:
+        literals = [f"--from-literal=MATCHOPS_AMQP_URL={amqp_url}"]
+        if dsn is not None:
+            literals.append(f"--from-literal=MATCHOPS_DATABASE_DSN={dsn}")
+        self.kubectl("create", "secret", "generic", "pipeline", *literals)
+
+    def pods(self, selector: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.get("pods", "-l", selector)["items"]
+        return items
+
+
+@pytest.fixture
+def ns(cluster: ClusterAccess, namespace: str, node: Node) -> Namespace:
+    return Namespace(cluster, namespace)
+
+
+def container(
+    command: list[str], env: dict[str, str] | None = None, image: str = PROJECT_IMAGE
+) -> dict[str, Any]:
+    return {
+        "name": "main",
+        "image": image,
+        # Images come from the node's containerd: there is no registry to pull from.
+        "imagePullPolicy": "Never",
+        "command": command,
+        "envFrom": [{"secretRef": {"name": "pipeline", "optional": True}}],
+        "env": [{"name": key, "value": value} for key, value in (env or {}).items()],
+    }
+
+
+def worker_deployment(name: str, settings: dict[str, str]) -> dict[str, Any]:
+    worker = container(["matchops-worker"], {"MATCHOPS_DECLARE_TOPOLOGY": "true", **settings})
+    worker["readinessProbe"] = {"httpGet": {"path": "/readyz", "port": 9100}, "periodSeconds": 1}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"terminationGracePeriodSeconds": 30, "containers": [worker]},
+            },
+        },
+    }
+
+
+def job_spec(command: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "backoffLimit": 0,
+        "template": {"spec": {"restartPolicy": "Never", "containers": [container(command, env)]}},
+    }
+
+
+def matches(dsn: str) -> list[tuple[str, str]]:
+    """(external id, status) of every stored match."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT external_match_id, status FROM matches").fetchall()
+    return [(str(external_id), str(status)) for external_id, status in rows]
+
+
+def reports(teams: int, seed: int) -> list[dict[str, Any]]:
+    return season_reports(SeasonPlan(teams_per_division=teams, seed=seed))
+
+
+def match_id(report: dict[str, Any]) -> str:
+    return str(report.get("external_match_id") or report["match_id"])
+
+
+def final_statuses(season: list[dict[str, Any]]) -> dict[str, str]:
+    """Each match's status after the whole season: its last report's."""
+    return {match_id(r): str(r.get("match_status") or r["status"]) for r in season}
+
+
+def bodies(messages: list[dict[str, Any]]) -> list[bytes]:
+    return [json.dumps(message).encode() for message in messages]
+
+
+def test_node_is_ready_with_the_images_imported(ns: Namespace, node: Node) -> None:
+    found = ns.get("node", node.name)
+    conditions = {c["type"]: c["status"] for c in found["status"]["conditions"]}
+    assert conditions["Ready"] == "True"
+    # The node lifecycle controller lifted the not-ready taint the node registered with.
+    assert found["spec"].get("taints", []) == []
+    addresses = {a["type"]: a["address"] for a in found["status"]["addresses"]}
+    assert node.network is not None
+    assert addresses["InternalIP"] == str(node.network.node_address)
+    info = found["status"]["nodeInfo"]
+    assert info["kubeletVersion"] == "v1.37.2"
+    assert info["containerRuntimeVersion"].startswith("containerd://1.6")
+    socket = node.state_dir / "containerd" / "containerd.sock"
+    listed = subprocess.run(
+        ["ctr", "--address", str(socket), "--namespace", "k8s.io", "images", "list", "--quiet"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert {PAUSE_IMAGE, PROJECT_IMAGE} <= set(listed)
+
+
+def test_worker_deployment_consumes_the_queue_into_the_database(
+    ns: Namespace, node: Node, vhost: Vhost, database: str
+) -> None:
+    ns.pipeline_secret(node.reachable(vhost.url), node.reachable(database))
+    ns.apply(worker_deployment("worker", {"MATCHOPS_QUEUE": QUEUE}))
+    ns.kubectl("rollout", "status", "deployment/worker", "--timeout=120s")
+
+    season = reports(teams=16, seed=11)
+    vhost.publish(QUEUE, QUEUE, bodies(season))
+
+    # Every match stored, and updated by the results reported after its fixture: each as its
+    # last report says.
+    expected = final_statuses(season)
+    assert len(season) > 300
+    wait_for(lambda: dict(matches(database)) == expected, "every match in its final state")
+    assert vhost.wait_for_depth(QUEUE, 0) == 0
+
+
+def test_scaled_down_worker_finishes_the_batch_it_holds(
+    ns: Namespace, node: Node, vhost: Vhost, database: str
+) -> None:
+    ns.pipeline_secret(node.reachable(vhost.url), node.reachable(database))
+    # A batch closes at 1000 messages or after ten minutes: what the worker receives stays in
+    # hand, unacknowledged and unstored, until something else makes it flush.
+    settings = {
+        "MATCHOPS_QUEUE": QUEUE,
+        "MATCHOPS_PREFETCH": "1000",
+        "MATCHOPS_BATCH_SIZE": "1000",
+        "MATCHOPS_BATCH_WAIT": "10m",
+    }
+    ns.apply(worker_deployment("worker", settings))
+    ns.kubectl("rollout", "status", "deployment/worker", "--timeout=120s")
+    fixtures = reports(teams=14, seed=5)[:150]  # the season's fixtures come first
+    assert len(final_statuses(fixtures)) == 150
+    vhost.publish(QUEUE, QUEUE, bodies(fixtures))
+    wait_for(lambda: vhost.depth(QUEUE) == 0, "the worker to take every message")
+    assert matches(database) == []
+
+    logs = subprocess.Popen(
+        [str(ns.cluster.kubectl_path), "-n", ns.name, "logs", "-f", "deployment/worker"],
+        env={"KUBECONFIG": str(ns.cluster.kubeconfig)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        time.sleep(1)  # the stream is attached before the pod is told to stop
+        ns.kubectl("scale", "deployment/worker", "--replicas=0")
+        wait_for(lambda: not ns.pods("app=worker"), "the worker pod to be gone")
+        output, _ = logs.communicate(timeout=30)
+    finally:
+        logs.kill()
+
+    # The pod got SIGTERM, stored and acknowledged its batch, then exited: nothing is left
+    # unacknowledged (it would be back in the queue) and nothing is lost.
+    assert "finishing the batch in hand" in output
+    assert "worker stopped" in output
+    assert {external_id for external_id, _ in matches(database)} == {match_id(f) for f in fixtures}
+    assert vhost.depth(QUEUE) == 0
+
+
+def local_sample_count(*args: str) -> int:
+    """How many messages `matchops sample-season` makes with `args`, run on this machine."""
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("matchops")), "sample-season", *args, "--out", "-"],
+        capture_output=True,
+        check=True,
+    )
+    return len(done.stdout.splitlines())
+
+
+def test_job_runs_a_pod_of_the_image_to_completion(ns: Namespace, node: Node, vhost: Vhost) -> None:
+    ns.pipeline_secret(node.reachable(vhost.url))
+    sample = ["sample-season", "--teams", "6", "--seed", "3"]
+    ns.apply(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "publish"},
+            "spec": job_spec(["matchops", *sample, "--publish", "--declare"]),
+        }
+    )
+    ns.kubectl("wait", "--for=condition=complete", "job/publish", "--timeout=120s")
+
+    expected = local_sample_count(*sample[1:])
+    report = json.loads(ns.kubectl("logs", "job/publish").strip().splitlines()[-1])
+    assert report["published"] == expected
+    assert vhost.depth(QUEUE) == expected
+
+
+def test_cronjob_job_created_by_hand_runs_to_completion(
+    ns: Namespace, node: Node, vhost: Vhost
+) -> None:
+    ns.pipeline_secret(node.reachable(vhost.url))
+    sample = ["sample-season", "--teams", "4", "--seed", "9"]
+    ns.apply(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "CronJob",
+            "metadata": {"name": "scraper"},
+            "spec": {
+                "schedule": "0 6 * * *",
+                "suspend": True,
+                "jobTemplate": {
+                    "spec": job_spec(
+                        ["matchops", *sample, "--publish", "--declare"],
+                        {"MATCHOPS_QUEUE": "scrapes"},
+                    )
+                },
+            },
+        }
+    )
+    ns.kubectl("create", "job", "--from=cronjob/scraper", "scraper-manual")
+    ns.kubectl("wait", "--for=condition=complete", "job/scraper-manual", "--timeout=120s")
+    assert vhost.depth("scrapes") == local_sample_count(*sample[1:])
+
+
+def test_kubectl_exec_and_logs_reach_the_pod(ns: Namespace) -> None:
+    ns.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "shell"},
+            "spec": {
+                "terminationGracePeriodSeconds": 1,
+                "containers": [
+                    container(
+                        [
+                            "python3",
+                            "-c",
+                            "print('hello from the pod', flush=True); import time; time.sleep(600)",
+                        ]
+                    )
+                ],
+            },
+        }
+    )
+    ns.kubectl("wait", "--for=condition=Ready", "pod/shell", "--timeout=120s")
+    assert wait_for(lambda: "hello from the pod" in ns.kubectl("logs", "shell"), "the log line")
+    assert "Consume match messages" in ns.kubectl(
+        "exec", "shell", "--", "matchops-worker", "--help"
+    )
+    assert ns.kubectl("exec", "shell", "--", "id", "-u").strip() == "65532"
+
+
+def test_pods_reach_the_api_server_through_the_kubernetes_service(ns: Namespace) -> None:
+    ns.apply(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": "pod-reader"},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "pod-reader"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "pod-reader",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": ns.name}],
+        },
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "in-cluster"},
+            "spec": job_spec(["python3", "-c", IN_CLUSTER_CLIENT]),
+        },
+    )
+    ns.kubectl("wait", "--for=condition=complete", "job/in-cluster", "--timeout=120s")
+    result = json.loads(ns.kubectl("logs", "job/in-cluster").strip())
+    service = ns.get("service", "kubernetes", "-n", "default")
+    assert result == {"status": 200, "host": service["spec"]["clusterIP"]}
+
+
+def test_kube_proxy_rules_stay_in_the_node_namespace(node: Node) -> None:
+    network = node.network
+    assert network is not None
+    inside = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{network.netns}", "iptables-save", "-t", "nat"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert ":KUBE-SERVICES" in inside
+    assert "default/kubernetes:https" in inside
+    host = subprocess.run(
+        ["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True
+    ).stdout
+    ours = [line for line in host.splitlines() if network.node_id in line]
+    assert ours
+    assert all(network.chain in line for line in ours), ours
+    assert f"node {network.node_id}" in host
