@@ -295,3 +295,22 @@ def test_values_file_has_a_default_for_every_key_and_the_schema_describes_it() -
                 walk(sub, values[name], f"{path}{name}.")
 
     walk(schema, defaults, "")
+
+
+def test_install_docs_describe_every_value() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    docs = (REPO / "docs" / "install.md").read_text()
+
+    def leaves(node: dict[str, Any], path: str) -> list[str]:
+        found: list[str] = []
+        for name, sub in node.get("properties", {}).items():
+            if name == "global":
+                continue
+            if "properties" in sub:
+                found += leaves(sub, f"{path}{name}.")
+            else:
+                found.append(f"{path}{name}")
+        return found
+
+    missing = [value for value in leaves(schema, "") if f"`{value}`" not in docs]
+    assert not missing, f"docs/install.md does not describe {missing}"
