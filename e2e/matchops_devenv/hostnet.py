@@ -13,12 +13,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from matchops_devenv.nodenet import NodeNetwork, chain_of, id_in, name_of
 
 NETNS_DIR = Path("/run/netns")
+LINK_GONE_TIMEOUT = 5.0
 
 
 class HostNetworkError(RuntimeError):
@@ -130,8 +132,14 @@ def delete(node_id: str) -> None:
         _run(["iptables", "-w", "-t", "nat", "-X", chain])
     if (NETNS_DIR / name).exists():
         _run(["ip", "netns", "delete", name])
+    # The kernel tears a namespace down in the background; its veth pair goes with it.
+    deadline = time.monotonic() + LINK_GONE_TIMEOUT
+    while link_exists(name) and time.monotonic() < deadline:
+        time.sleep(0.05)
     if link_exists(name):
-        _run(["ip", "link", "delete", name])
+        _run(["ip", "link", "delete", name], check=False)
+        if link_exists(name):
+            raise HostNetworkError(f"link {name} survived deleting it")
 
 
 def link_exists(name: str) -> bool:

@@ -25,8 +25,9 @@ from typing import Any
 
 from matchops_devenv.nodenet import NodeNetwork
 
-# Unix socket paths are limited to 108 bytes including the terminating NUL.
-MAX_SOCKET_PATH = 107
+# containerd refuses socket paths longer than this (the shortest limit among the systems it
+# supports, not Linux's 107).
+MAX_SOCKET_PATH = 104
 KUBELET_PORT = 10250
 KUBE_PROXY_HEALTHZ_PORT = 10256
 # What the kubelet checks the API server's certificate against when it dials the host's link

@@ -1,0 +1,236 @@
+"""A node leaves nothing on the host: not when stopped, not after its owner was killed.
+
+Each test runs its own control plane and node (pause image only) with a pod holding a host
+port and a volume, so there are containers, shims, mounts, a pod network namespace and CNI
+state to clean up. What is left is looked up independently of the node's own code: /proc,
+mountinfo, cgroupfs, /run/netns, /sys/class/net, iptables-save and the files it wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from matchops_devenv import toolchain
+from matchops_devenv.access import ClusterAccess
+from matchops_devenv.controlplane import ControlPlane
+from matchops_devenv.images import PAUSE_IMAGE
+from matchops_devenv.node import Node, NodeConfig
+
+pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.node]
+
+CGROUPS = Path("/sys/fs/cgroup")
+REGISTRY = Path(os.environ.get("MATCHOPS_RUN_DIR") or "/run/matchops")
+POD = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "holder", "namespace": "default"},
+    "spec": {
+        "terminationGracePeriodSeconds": 1,
+        "containers": [
+            {
+                "name": "pause",
+                "image": PAUSE_IMAGE,
+                "imagePullPolicy": "Never",
+                # A host port: the CNI portmap plugin adds rules for it.
+                "ports": [{"containerPort": 8080, "hostPort": 18080}],
+                "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+            }
+        ],
+        "volumes": [{"name": "scratch", "emptyDir": {"medium": "Memory"}}],
+    },
+}
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _running(pid: int | str) -> bool:
+    """Whether `pid` exists and is not a zombie (the machine's init reaps orphans lazily)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _mounts() -> list[tuple[str, str]]:
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        found.append((fields[4], fields[fields.index("-") + 1]))
+    return found
+
+
+def container_pids(node_id: str) -> set[int]:
+    pids: set[int] = set()
+    top = CGROUPS / "pids" / f"matchops-{node_id}"
+    for procs in top.rglob("cgroup.procs"):
+        pids.update(int(pid) for pid in procs.read_text().split())
+    return pids
+
+
+def shim_sockets(state_dir: Path) -> set[Path]:
+    """The sockets of the node's shims, as containerd 1.6 names them.
+
+    sha256 of containerd's address, namespace and task id, in /run/containerd/s.
+    """
+    address = state_dir / "containerd" / "containerd.sock"
+    tasks = state_dir / "containerd" / "state" / "io.containerd.runtime.v2.task" / "k8s.io"
+    return {
+        Path("/run/containerd/s")
+        / hashlib.sha256(f"{address}/k8s.io/{task.name}".encode()).hexdigest()
+        for task in (tasks.iterdir() if tasks.is_dir() else [])
+    }
+
+
+def traces(node_id: str, state_dir: Path, pids: set[int], sockets: set[Path]) -> dict[str, list]:
+    """What of node `node_id` exists on the host, by kind."""
+    name = f"matchops-{node_id}"
+    marker = str(state_dir)
+    nat = subprocess.run(
+        ["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True
+    ).stdout
+    log_links = Path("/var/log/containers")
+    cni_results = Path("/var/lib/cni/results")
+    return {
+        "processes": [
+            (pid, _cmdline(pid))
+            for pid in os.listdir("/proc")
+            if pid.isdigit() and marker in _cmdline(pid) and _running(pid)
+        ],
+        "containers": sorted(pid for pid in pids if _running(pid)),
+        "cgroups": sorted(str(h / name) for h in CGROUPS.iterdir() if (h / name).exists()),
+        "mounts": [point for point, _ in _mounts() if point.startswith(marker)],
+        "pod netns": [p for p, fs in _mounts() if fs == "nsfs" and p.startswith(marker)],
+        "node netns": [p for p in [Path("/run/netns") / name] if p.exists()],
+        "link": [p for p in [Path("/sys/class/net") / name] if p.exists()],
+        "iptables": [line for line in nat.splitlines() if node_id in line],
+        "state dir": [state_dir] if state_dir.exists() else [],
+        "registry": [p for p in [REGISTRY / "nodes" / f"{node_id}.json"] if p.exists()],
+        "log links": [
+            link
+            for link in (log_links.iterdir() if log_links.is_dir() else [])
+            if os.readlink(link).startswith(marker)
+        ],
+        "cni cache": sorted(cni_results.glob(f"{name}-*")) if cni_results.is_dir() else [],
+        "shim sockets": sorted(p for p in sockets if p.exists()),
+    }
+
+
+def run_pod(access: ClusterAccess) -> None:
+    access.kubectl("apply", "-f", "-", input=yaml.safe_dump(POD))
+    access.kubectl("wait", "--for=condition=Ready", "pod/holder", "--timeout=120s", timeout=150)
+
+
+def assert_present(found: dict[str, list]) -> None:
+    """Every kind of trace exists while the node runs: the checks below can fail."""
+    missing = [kind for kind, items in found.items() if not items]
+    assert missing == [], f"no {missing} while the node runs: {found}"
+
+
+def left_over(found: dict[str, list]) -> dict[str, list]:
+    return {kind: items for kind, items in found.items() if items}
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory short enough for containerd's socket paths (pytest's tmp_path is not)."""
+    path = Path(tempfile.mkdtemp(prefix="matchops-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def plane(short_dir: Path) -> Iterator[ControlPlane]:
+    started = ControlPlane(short_dir / "cluster")
+    started.start()
+    yield started
+    started.stop()
+
+
+def test_stop_removes_everything_the_node_put_on_the_host(
+    plane: ControlPlane, short_dir: Path
+) -> None:
+    node = Node(plane, NodeConfig(project_image=False), nodes_root=short_dir / "nodes")
+    node.start()
+    try:
+        run_pod(plane.access)
+        node_id, state_dir = node.node_id, node.state_dir
+        pids, sockets = container_pids(node_id), shim_sockets(state_dir)
+        assert_present(traces(node_id, state_dir, pids, sockets))
+    finally:
+        node.stop()
+
+    assert left_over(traces(node_id, state_dir, pids, sockets)) == {}
+
+
+CRASHING_OWNER = """
+import sys, time
+from pathlib import Path
+from matchops_devenv.controlplane import ControlPlane
+from matchops_devenv.node import Node, NodeConfig
+
+plane = ControlPlane(Path(sys.argv[1]))
+plane.start()
+node = Node(plane, NodeConfig(project_image=False), nodes_root=plane.layout.nodes)
+node.start()
+print(node.node_id, node.state_dir, flush=True)
+time.sleep(600)
+"""
+
+
+def test_cluster_down_removes_the_node_of_a_killed_owner(short_dir: Path) -> None:
+    state = short_dir / "cluster"
+    owner = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_OWNER, str(state)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert owner.stdout is not None
+        line = owner.stdout.readline()
+        assert line, owner.communicate(timeout=60)[1]
+        node_id, state_dir_text = line.split()
+        state_dir = Path(state_dir_text)
+        access = ClusterAccess(state / "kubeconfig", "", toolchain.program("kubectl"))
+        run_pod(access)
+        pids, sockets = container_pids(node_id), shim_sockets(state_dir)
+        assert_present(traces(node_id, state_dir, pids, sockets))
+    finally:
+        # The owner dies without any clean-up: everything it started keeps running.
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(timeout=10)
+    time.sleep(0.5)
+    assert traces(node_id, state_dir, pids, sockets)["processes"]
+
+    down = subprocess.run(
+        [sys.executable, "-m", "matchops_devenv", "cluster", "--state-dir", str(state), "down"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert down.returncode == 0, down.stderr
+    assert left_over(traces(node_id, state_dir, pids, sockets)) == {}
+    marker = str(state)
+    assert not [
+        p for p in os.listdir("/proc") if p.isdigit() and marker in _cmdline(p) and _running(p)
+    ]
+    assert down.stdout.strip() == "cluster: stopped"
