@@ -22,9 +22,12 @@ sync: deps ## install the Python environment from uv.lock
 toolchain: ## build etcd, Kubernetes and helm from the pinned Go modules into the cache
 	e2e/toolchain/build.sh
 
+# CLUSTER_FLAGS= (empty) runs the control plane alone, without root.
+CLUSTER_FLAGS ?= --node
+
 .PHONY: cluster
-cluster: sync toolchain ## run a local Kubernetes control plane until Ctrl-C (see docs/development.md)
-	$(UV) run --locked python -m matchops_devenv cluster up
+cluster: sync toolchain ## run a local Kubernetes cluster with a node (root) until Ctrl-C (see docs/development.md)
+	$(UV) run --locked python -m matchops_devenv cluster up $(CLUSTER_FLAGS)
 
 .PHONY: lint
 lint: sync ## ruff check, ruff format --check, mypy
