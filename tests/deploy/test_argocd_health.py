@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import lupa.lua51 as lua51
+import lupa.lua51 as lua51  # type: ignore[import-untyped]  # lupa ships no type hints
 import pytest
 import yaml
 from matchops_operator import conditions

@@ -101,7 +101,8 @@ def crd_as_found(cluster: ClusterAccess) -> Iterator[None]:
     restore: dict[str, dict[str, str | None]] = {}
     for field in ("labels", "annotations"):
         old, new = before.get(field, {}), now.get(field, {})
-        restore[field] = {k: None for k in new if k not in old} | dict(old)
+        removed: dict[str, str | None] = {k: None for k in new if k not in old}
+        restore[field] = {**removed, **old}
     cluster.kubectl("patch", CRD, "--type=merge", "-p", json.dumps({"metadata": restore}))
 
 
