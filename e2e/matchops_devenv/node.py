@@ -1,12 +1,13 @@
 """A real Kubernetes node beside the local control plane: containerd, kubelet, kube-proxy.
 
 `Node(control_plane).start()` adds what makes pods run to a running control plane: the
-scheduler, then, in a network namespace of the node's own (see `nodenet`), containerd, the
-kubelet and kube-proxy. It imports the pause and project images into containerd and returns
-once the node is Ready and schedulable. `stop()` removes everything the node put on the host:
-processes, containerd's shims, mounts, the pods' and the node's network namespaces, the
-bridge, iptables rules, cgroups, log links. A node whose owner died (a crashed test session, a
-killed `cluster up`) is removed the same way by the next node that starts, or by `sweep()`.
+scheduler, then, in a network namespace of the node's own (see `nodenet`), containerd (its
+image store holding the pause and project images, see `containerd`), the kubelet and
+kube-proxy. It returns once the node is Ready and schedulable. `stop()` removes everything the
+node put on the host: processes, containerd's shims, mounts, the pods' and the node's network
+namespaces, the bridge, iptables rules, cgroups, log links. A node whose owner died (a crashed
+test session, a killed `cluster up`) is removed the same way by the next node that starts, or
+by `sweep()`.
 
 What it touches on the host is named after the node's id (six hex digits): network namespace
 and host link `matchops-<id>`, nat chain `MATCHOPS-<id>`, cgroup `/matchops-<id>` in every
@@ -27,7 +28,6 @@ import ssl
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -35,6 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 from matchops_devenv import (
+    containerd,
     hostnet,
     images,
     leftovers,
@@ -81,6 +82,7 @@ STARTUP_ERRORS = (
     procs.ServiceError,
     toolchain.ToolchainError,
     images.ImageError,
+    containerd.SeedError,
     hostnet.HostNetworkError,
     KubeApiError,
 )
@@ -176,32 +178,27 @@ class Node:
         try:
             with timings.measure("images"):
                 archives = self._image_archives()
+            with timings.measure("image seed"):
+                seed = containerd.ensure_seed(archives)
             self._programs = toolchain.programs(*PROGRAMS)
             with timings.measure("sweep"):
                 sweep(self.nodes_root)
             self._register()
             with timings.measure("network"):
                 self._create_host_objects()
+            with timings.measure("image store"):
+                containerd.link_root(seed, self._layout().containerd_root)
             self._write_files()
             with timings.measure("containerd"):
                 self._start_containerd()
-            # The node becomes Ready without images; importing meanwhile saves that time.
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                imported = pool.submit(self._import, archives)
-                with timings.measure("node ready"):
-                    self._start_kubernetes_components()
-                imported.result()
+            with timings.measure("node ready"):
+                self._start_kubernetes_components()
         except BaseException as error:
             self.stop()
             if isinstance(error, STARTUP_ERRORS):
                 raise NodeError(f"node {self.name} did not start: {error}") from error
             raise
         timings.phases["total"] = time.monotonic() - started
-
-    def _import(self, archives: list[Path]) -> None:
-        with self.timings.measure("image import"):
-            for archive in archives:
-                images.import_archive(archive, str(self._layout().containerd_socket))
 
     def stop(self) -> None:
         """Stop every component and remove all the node put on the host."""
