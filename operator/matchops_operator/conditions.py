@@ -54,6 +54,8 @@ class Part:
     state: State
     reason: str
     message: str
+    # A few words for the Ready message when every part is ready.
+    summary: str = ""
 
     @property
     def ready(self) -> bool:
@@ -146,7 +148,7 @@ def events(parts: Sequence[Part], previous: Iterable[Mapping[str, Any]]) -> list
 
 
 def _ready_message(parts: Sequence[Part]) -> str:
-    return "; ".join(part.message for part in parts)
+    return "; ".join(part.summary or part.message for part in parts)
 
 
 def topology_part(topology: Topology, policy: str | None) -> Part:
@@ -159,18 +161,30 @@ def topology_part(topology: Topology, policy: str | None) -> Part:
     )
     if policy:
         message += f", policy {policy}"
-    return Part(TOPOLOGY_READY, "ready", "TopologyDeclared", message)
+    return Part(
+        TOPOLOGY_READY, "ready", "TopologyDeclared", message, f"queue {topology.queue} declared"
+    )
 
 
 def scraper_part(name: str, cronjob: CronJob | None) -> Part:
     """ScraperReady from the applied CronJob (None: no scraper in the spec)."""
     if cronjob is None:
         return Part(
-            SCRAPER_READY, "ready", "NoScraper", "no scraper configured; producers run elsewhere"
+            SCRAPER_READY,
+            "ready",
+            "NoScraper",
+            "no scraper configured; producers run elsewhere",
+            "no scraper",
         )
     spec = cronjob.spec
     if spec is not None and spec.suspend:
-        return Part(SCRAPER_READY, "ready", "ScraperSuspended", f"CronJob {name} is suspended")
+        return Part(
+            SCRAPER_READY,
+            "ready",
+            "ScraperSuspended",
+            f"CronJob {name} is suspended",
+            "scraper suspended",
+        )
     status = cronjob.status
     if status is not None and status.lastScheduleTime and not status.active:
         succeeded = status.lastSuccessfulTime
@@ -184,7 +198,13 @@ def scraper_part(name: str, cronjob: CronJob | None) -> Part:
                 f"its pods' logs tell why (kubectl logs job/<job>; kubectl get jobs)",
             )
     schedule = f"{spec.schedule!r} ({spec.timeZone})" if spec is not None else "its schedule"
-    return Part(SCRAPER_READY, "ready", "ScraperScheduled", f"CronJob {name} runs on {schedule}")
+    return Part(
+        SCRAPER_READY,
+        "ready",
+        "ScraperScheduled",
+        f"CronJob {name} runs on {schedule}",
+        "scraper scheduled",
+    )
 
 
 def workers_part(name: str, deployment: Deployment) -> Part:
@@ -193,7 +213,13 @@ def workers_part(name: str, deployment: Deployment) -> Part:
     desired = spec.replicas if spec is not None and spec.replicas is not None else 1
     generation = deployment.metadata.generation if deployment.metadata else None
     if desired == 0:
-        return Part(WORKERS_READY, "ready", "ScaledToZero", f"Deployment {name} has no workers")
+        return Part(
+            WORKERS_READY,
+            "ready",
+            "ScaledToZero",
+            f"Deployment {name} is scaled to zero",
+            "workers scaled to zero",
+        )
     if status is None or (status.observedGeneration or 0) < (generation or 0):
         return Part(
             WORKERS_READY, "progressing", "WorkersProgressing", f"Deployment {name} is rolling out"
@@ -211,7 +237,11 @@ def workers_part(name: str, deployment: Deployment) -> Part:
     updated = status.updatedReplicas or 0
     if updated >= desired and available >= desired:
         return Part(
-            WORKERS_READY, "ready", "WorkersAvailable", f"{available} of {desired} workers ready"
+            WORKERS_READY,
+            "ready",
+            "WorkersAvailable",
+            f"{available} of {desired} workers ready",
+            f"{available} worker{'' if available == 1 else 's'} ready",
         )
     return Part(
         WORKERS_READY,

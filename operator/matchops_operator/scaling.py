@@ -114,7 +114,7 @@ def decide(observation: Observation, limits: Limits, history: History) -> Decisi
     if since is None or since > observation.at:
         since = observation.at
     memory = replace(memory, over_provisioned_since=since)
-    waited = observation.at - since
+    waited = round(observation.at - since)
     delay = f"scale-down delay {limits.scale_down_delay_seconds}s"
     if waited < limits.scale_down_delay_seconds:
         return Decision(

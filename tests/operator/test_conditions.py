@@ -231,3 +231,13 @@ def test_workers_part() -> None:
     assert (ready.state, ready.reason) == ("ready", "WorkersAvailable")
     stuck = workers_part("x-worker", deployment(3, progress_reason="ProgressDeadlineExceeded"))
     assert (stuck.state, stuck.reason) == ("stalled", "RolloutStalled")
+
+
+def test_ready_message_sums_the_parts_up_briefly() -> None:
+    parts = [
+        topology_part(build_topology("matches"), None),
+        scraper_part("x-scraper", cronjob()),
+        workers_part("x-worker", deployment(2, available=2, updated=2)),
+    ]
+    ready = by_type(render(parts, generation=1, now=NOW))["Ready"]
+    assert ready["message"] == "queue matches declared; scraper scheduled; 2 workers ready"

@@ -630,7 +630,8 @@ def test_kubectl_get_and_describe_tell_the_story(pipeline: Pipeline, operator: K
     ]:
         assert " ".join(line.split()) in " ".join(described.split())
     events = described.split("Events:")[1]
-    assert "Scaled workers 0 → 3: backlog 250" in " ".join(events.split())
+    # A poll may catch the publisher half-way: up to 3 in one or two steps.
+    assert re.search(r"Scaled workers [0-2] → 3: backlog \d+", " ".join(events.split()))
     assert "matchops-operator" in events
     assert "TopologyDeclared" in events
 
