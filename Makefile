@@ -56,6 +56,10 @@ demo: sync ## run the worker on a sample season against a local RabbitMQ and Pos
 bench: sync bench-scaling ## measure worker throughput (messages/s) against a local RabbitMQ and PostgreSQL
 	$(UV) run --locked python bench/worker_bench.py
 
+.PHONY: bench-node
+bench-node: sync toolchain ## time a cluster with a Ready node, its first pod and its removal (root)
+	$(UV) run --locked python bench/node_startup.py
+
 .PHONY: bench-scaling
 bench-scaling: ## replay a bursty day through the autoscaler, KEDA's formula and fixed replicas
 	$(UV) run --locked python bench/scaling.py

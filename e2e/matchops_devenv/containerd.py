@@ -118,6 +118,14 @@ def _make_seed(seed: Path, archives: Sequence[Path]) -> None:
     (seed / COMPLETE).write_text("")
 
 
+def remove_seeds() -> None:
+    """Remove every image store: the next node imports its images again."""
+    with _locked(exclusive=True):
+        for seed in seeds_dir().iterdir():
+            if seed.is_dir():
+                leftovers.remove_tree(seed)
+
+
 def link_root(seed: Path, root: Path) -> None:
     """Make `root` (which must not exist) a containerd root holding the seed's images."""
     if root.exists():
