@@ -6,6 +6,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from matchops_devenv.containerd import seed_key
 from matchops_devenv.node import NodeError, pod_url
 from matchops_devenv.nodeconfig import (
     NodeLayout,
@@ -212,3 +213,12 @@ def test_a_url_without_host_or_known_port_is_an_error() -> None:
         pod_url("amqp:///vh", reach_loopback)
     with pytest.raises(NodeError, match="no default"):
         pod_url("redis://127.0.0.1/0", reach_loopback)
+
+
+def test_an_image_store_is_keyed_by_its_archives_and_containerd() -> None:
+    pause, project = Path("/c/pause-aaaa.tar"), Path("/c/project-bbbb.tar")
+    key = seed_key([pause, project], "containerd 1.6.20")
+    assert key == seed_key([Path("/elsewhere/pause-aaaa.tar"), project], "containerd 1.6.20")
+    assert key != seed_key([pause, Path("/c/project-cccc.tar")], "containerd 1.6.20")
+    assert key != seed_key([pause, project], "containerd 1.7.0")
+    assert key != seed_key([pause], "containerd 1.6.20")
