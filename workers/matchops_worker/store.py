@@ -458,10 +458,17 @@ up AS (
     RETURNING m.external_match_id, {", ".join(f"m.{c}" for c in _NATURAL_KEY)},
               (m.xmax = 0) AS created
 )
-SELECT r.ord, up.created, ({current}) IS NOT DISTINCT FROM ({_merged("r", "cur")}) AS same
+SELECT r.ord, up.created, skipped.same
 FROM r
 LEFT JOIN up ON {same_key.format(a="up", b="r")}
-LEFT JOIN matches cur ON {same_key.format(a="cur", b="r")}
+-- Only rows the upsert skipped are looked up again, to tell unchanged from stale: the
+-- `up.created IS NULL` gate keeps the index scan from running for the others.
+LEFT JOIN LATERAL (
+    SELECT ({current}) IS NOT DISTINCT FROM ({_merged("r", "cur")}) AS same
+    FROM matches cur
+    WHERE up.created IS NULL AND {same_key.format(a="cur", b="r")}
+    OFFSET 0  -- keeps the planner from flattening the subquery (and dropping the gate)
+) AS skipped ON true
 ORDER BY r.ord
 """  # noqa: S608 - built from constants only
     return sql.encode()
