@@ -139,9 +139,16 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     )
     # The reconciler records the Events users read; kopf's own would repeat them.
     configured.posting.enabled = False
+    # Peering is used when its object exists and is skipped (with a warning) when it does not;
+    # kopf would wait for it instead if the name were passed to kopf.operator().
     configured.peering.name = settings.peering_name
     configured.peering.standalone = settings.standalone
     configured.peering.clusterwide = not settings.namespaces
+    # Listed namespaces are served as they are: no cluster-wide namespace (and CRD) watching,
+    # which a namespaced installation has no permission for. Patterns need the listing.
+    configured.scanning.disabled = bool(settings.namespaces) and not any(
+        _is_pattern(namespace) for namespace in settings.namespaces
+    )
     # Reconnect watches regularly so a silently dropped connection cannot stall the operator.
     configured.watching.server_timeout = 270
     configured.watching.client_timeout = 300
@@ -162,7 +169,6 @@ async def run(settings: OperatorSettings) -> None:
         registry=build(settings),
         settings=kopf_settings(settings),
         standalone=settings.standalone,
-        peering_name=settings.peering_name,
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
         liveness_endpoint=(
@@ -182,6 +188,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     for chatty in ("httpx", "httpx2", "pika"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
     asyncio.run(run(settings))
+
+
+def _is_pattern(namespace: str) -> bool:
+    return any(char in namespace for char in "*?[!,")
 
 
 def _flag(value: str) -> bool:

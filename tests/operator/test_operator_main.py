@@ -64,3 +64,21 @@ def test_kopf_keeps_its_state_under_our_names_and_posts_no_events_of_its_own() -
     assert configured.posting.enabled is False
     assert configured.peering.standalone is True
     assert configured.peering.clusterwide is False
+
+
+def test_listed_namespaces_are_served_without_scanning_the_cluster() -> None:
+    listed, _ = parse_args(["-n", "ingest", "-n", "staging"], env={})
+    assert kopf_settings(listed).scanning.disabled is True
+    pattern, _ = parse_args(["-n", "ingest-*"], env={})
+    assert kopf_settings(pattern).scanning.disabled is False
+    everywhere, _ = parse_args([], env={})
+    assert kopf_settings(everywhere).scanning.disabled is False
+    assert kopf_settings(everywhere).peering.clusterwide is True
+
+
+def test_peering_is_optional_unless_standalone() -> None:
+    peered, _ = parse_args([], env={"MATCHOPS_PEERING_NAME": "ops"})
+    configured = kopf_settings(peered)
+    assert configured.peering.name == "ops"
+    assert configured.peering.standalone is False
+    assert configured.peering.mandatory is False
