@@ -156,10 +156,9 @@ class Reconciler:
             topology = topology_for(owner.name, spec.broker)
         except SpecError as exc:
             return Outcome(done=f"queues kept: the spec does not name them ({exc})")
-        if spec.broker.deletion_policy == "Retain":
-            names = ", ".join(q.name for q in topology.queues)
-            return Outcome(done=f"deletionPolicy Retain: kept queues {names}")
         names = ", ".join(q.name for q in topology.queues)
+        if spec.broker.deletion_policy == "Retain":
+            return Outcome(done=f"deletionPolicy Retain: kept queues {names}")
         try:
             access = await _broker_access(self._kube, owner, spec)
             await asyncio.to_thread(broker.delete_topology, access, topology)
