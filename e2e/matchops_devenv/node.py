@@ -173,6 +173,11 @@ class Node:
         """Start the node and return once it is Ready and schedulable."""
         if self.services:
             raise NodeError(f"node {self.name} is running already")
+        if os.geteuid() != 0:
+            raise NodeError(
+                "a node needs root: it creates network namespaces, cgroups and mounts "
+                "(sudo make cluster; or make cluster CLUSTER_FLAGS= for the control plane alone)"
+            )
         timings = self.timings = Timings()
         started = time.monotonic()
         try:
