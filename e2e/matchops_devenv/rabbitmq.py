@@ -214,6 +214,9 @@ class RabbitMQ:
                     "log.console.level = warning",
                     "log.file = false",
                     "disk_free_limit.absolute = 50MB",
+                    # Queue and connection statistics every second (default 5 s), so that
+                    # what tests read through the management API is fresh.
+                    "collect_statistics_interval = 1000",
                     "",
                 ]
             )

@@ -365,7 +365,8 @@ def test_the_worker_reconnects_when_the_broker_drops_it(
     messages = [{**MATCH, "external_match_id": f"m{i}"} for i in range(300)]
     vhost.publish("matches", "matches", encode(messages[:150]))
     wait_until(lambda: handled(worker) >= 20, what="some messages stored")
-    assert rabbitmq.close_connections(vhost.name) >= 1
+    # The management API lists a connection once its statistics have been collected.
+    wait_until(lambda: rabbitmq.close_connections(vhost.name) >= 1, what="connection closed")
     vhost.publish("matches", "matches", encode(messages[150:]))
     wait_until(lambda: match_count(database) == 300, timeout=60, what="all stored")
     wait_until(lambda: worker.ready(), what="ready again")

@@ -25,6 +25,7 @@ import logging
 import random
 import socket
 import time
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -361,15 +362,18 @@ class Worker:
             self.metrics.last_commit.set_to_current_time()
             deferred: list[Delivery] = []
             clash = ""
+            outcomes: Counter[str] = Counter()
             for delivery, result in zip(batch, results, strict=True):
                 if isinstance(result, RowRejected):
                     self._dead_letter(publish, delivery, Reason.STORE_REJECTED, result.error)
-                    self.metrics.messages.labels("dead_lettered").inc()
+                    outcomes["dead_lettered"] += 1
                 elif isinstance(result, RowDeferred):
                     deferred.append(delivery)
                     clash = result.error
                 else:
-                    self.metrics.messages.labels(result.value).inc()
+                    outcomes[result.value] += 1
+            for name, count in outcomes.items():
+                self.metrics.messages.labels(name).inc(count)
             if deferred:
                 self._retry(publish, deferred, clash)
             log.debug("batch stored", extra={"messages": len(batch)})

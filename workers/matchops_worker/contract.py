@@ -50,6 +50,7 @@ ALIASES: Final = {
     "match_id": "external_match_id",
 }
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_ALIAS_NAMES = frozenset(ALIASES)
 _JSON_TYPES = {"application/json", "text/json", "application/x-json"}
 
 
@@ -84,15 +85,15 @@ STATUS_RANK: Final = {
 }
 
 
-def _storable(value: str) -> str:
-    # PostgreSQL text cannot hold NUL, and lone surrogates (legal in JSON escapes) are not UTF-8.
+def _unstorable(value: str) -> str | None:
+    """Why PostgreSQL could not store a text: NUL characters, lone surrogates (JSON allows both)."""
     if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
+        return "must not contain NUL characters"
     try:
         value.encode()
-    except UnicodeEncodeError as exc:
-        raise ValueError("must be valid Unicode text (no lone surrogates)") from exc
-    return value
+    except UnicodeEncodeError:
+        return "must be valid Unicode text (no lone surrogates)"
+    return None
 
 
 def _external_id(value: object) -> object:
@@ -105,18 +106,15 @@ def _external_id(value: object) -> object:
 Name = Annotated[
     str,
     StringConstraints(strict=True, strip_whitespace=True, min_length=1, max_length=MAX_NAME_LENGTH),
-    AfterValidator(_storable),
 ]
 Text = Annotated[
     str,
     StringConstraints(strict=True, strip_whitespace=True, max_length=MAX_TEXT_LENGTH),
-    AfterValidator(_storable),
 ]
 ExternalId = Annotated[
     str,
     BeforeValidator(_external_id),
     StringConstraints(strict=True, strip_whitespace=True, min_length=1, max_length=MAX_NAME_LENGTH),
-    AfterValidator(_storable),
 ]
 Score = Annotated[int, Field(strict=True, ge=0, le=MAX_SCORE)]
 
@@ -185,6 +183,12 @@ class MatchReport(BaseModel):
     def _canonical(cls, data: Any) -> Any:
         if not isinstance(data, Mapping):
             return data
+        if (
+            _ALIAS_NAMES.isdisjoint(data)
+            and data.get("match_status") is not None
+            and _is_plain_date(data.get("match_date"))
+        ):
+            return data  # already in the contract's names and forms: the common case
         fields = dict(data)
         for alias, name in ALIASES.items():
             if alias in fields:
@@ -203,6 +207,10 @@ class MatchReport(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> MatchReport:
+        for field in _TEXT_FIELDS:
+            value = getattr(self, field)
+            if value is not None and (problem := _unstorable(value)):
+                raise ValueError(f"{field} {problem}")
         if name_key(self.home_team) == name_key(self.away_team):
             raise ValueError(f"home team and away team are the same team ({self.home_team!r})")
         if (self.home_score is None) != (self.away_score is None):
@@ -210,6 +218,23 @@ class MatchReport(BaseModel):
         if self.match_status == MatchStatus.COMPLETED and self.home_score is None:
             raise ValueError("a completed match needs both scores")
         return self
+
+
+_TEXT_FIELDS: Final = (
+    "home_team",
+    "away_team",
+    "season",
+    "age_group",
+    "match_type",
+    "division",
+    "location",
+    "notes",
+    "external_match_id",
+)
+
+
+def _is_plain_date(value: object) -> bool:
+    return isinstance(value, str) and _DATE.fullmatch(value) is not None
 
 
 def _split_match_date(value: object, kickoff: object) -> dict[str, object]:
