@@ -23,6 +23,7 @@ import yaml
 from kopf.testing import KopfRunner
 from matchops_devenv.access import ClusterAccess, KubectlError
 from matchops_devenv.broker_tools import Vhost
+from matchops_devenv.ports import free_port
 from matchops_devenv.rabbitmq import RabbitMQ
 from matchops_operator.config import OperatorSettings
 from matchops_operator.main import build, kopf_settings
@@ -500,6 +501,30 @@ def test_refused_credentials_then_recovery(pipeline: Pipeline, operator: KopfRun
         "create", "secret", "generic", "rabbitmq", f"--from-literal=url={pipeline.vhost.url}"
     )
     pipeline.wait_condition("u14-northeast", "Ready", "True", timeout=30)
+
+
+def test_unreachable_broker_is_retried_until_it_answers(
+    pipeline: Pipeline, operator: KopfRunner
+) -> None:
+    closed = f"amqp://matchops:secret@127.0.0.1:{free_port()}/%2F"
+    pipeline.secrets(url=closed, management=False)
+    pipeline.apply(sample("minimal.yaml"))
+    reconciling = pipeline.wait_condition(
+        "u14-northeast", "Reconciling", "True", "BrokerUnreachable"
+    )
+    assert "cannot connect to RabbitMQ at 127.0.0.1" in reconciling["message"]
+    assert pipeline.condition("u14-northeast", "Stalled") is None  # it may pass on its own
+    ready = pipeline.condition("u14-northeast", "Ready")
+    assert ready is not None
+    assert (ready["status"], ready["reason"]) == ("False", "BrokerUnreachable")
+    warnings = [e["reason"] for e in pipeline.events("u14-northeast") if e["type"] == "Warning"]
+    assert warnings == ["BrokerUnreachable"]
+    pipeline.kubectl("delete", "secret", "rabbitmq")
+    pipeline.kubectl(
+        "create", "secret", "generic", "rabbitmq", f"--from-literal=url={pipeline.vhost.url}"
+    )
+    pipeline.wait_condition("u14-northeast", "Ready", "True", timeout=30)
+    assert pipeline.condition("u14-northeast", "Reconciling") is None
 
 
 def test_quorum_queue_on_a_legacy_classic_queue_is_a_conflict_not_a_crash(
