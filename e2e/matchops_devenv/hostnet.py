@@ -1,17 +1,19 @@
 """The node's network on the host: namespace, veth link, bridge, and forwards to host services.
 
 The only rules this adds to the host's own iptables are in one nat chain per node,
-`MATCHOPS-<id>`, jumped to from PREROUTING for packets arriving on the node's link (the jump is
-commented with the node's name). They forward connections from the node to a port on any of
-the host's addresses to the same port on loopback, so pods reach loopback-only services (the
-API server, the test RabbitMQ and PostgreSQL) through the host's link address. The link allows
-that with `route_localnet`, set on the link alone.
+`MATCHOPS-<id>`, jumped to from PREROUTING for packets arriving on the node's link and from
+OUTPUT for this machine's own connections to the link address (both jumps are commented with
+the node's id). They forward connections to a port of the host to the same port on loopback,
+so pods reach loopback-only services (the API server, the test RabbitMQ and PostgreSQL)
+through the host's link address, and so do programs on this machine. The link allows that
+with `route_localnet`, set on the link alone.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import shlex
 import subprocess
 import time
 from collections.abc import Sequence
@@ -66,8 +68,8 @@ def create(network: NodeNetwork) -> None:
     _run([*node, "addr", "add", f"{network.node_address}/{network.link.prefixlen}", "dev", "eth0"])
     _run([*node, "link", "set", "eth0", "up"])
     _run([*node, "route", "add", "default", "via", str(network.host_address)])
-    # The bridge exists before any pod, so services can listen on its address from the start;
-    # the CNI bridge plugin adopts it.
+    # Made here rather than by the CNI plugin at the first pod, so the node's network is
+    # complete before any pod starts; the plugin adopts it.
     _run([*node, "link", "add", network.bridge, "type", "bridge"])
     gateway = f"{network.gateway}/{network.pod_subnet.prefixlen}"
     _run([*node, "addr", "add", gateway, "dev", network.bridge])
@@ -77,20 +79,12 @@ def create(network: NodeNetwork) -> None:
     _sysctl_in(network, "net.bridge.bridge-nf-call-iptables", "1")
     chain = network.chain
     _run(["iptables", "-w", "-t", "nat", "-N", chain])
-    _run(["iptables", "-w", "-t", "nat", "-I", "PREROUTING", *_jump(network.node_id)])
-
-
-def _jump(node_id: str) -> list[str]:
-    return [
-        "-i",
-        name_of(node_id),
-        "-m",
-        "comment",
-        "--comment",
-        f"matchops node {node_id}",
-        "-j",
-        chain_of(node_id),
-    ]
+    comment = ["-m", "comment", "--comment", f"matchops node {network.node_id}", "-j", chain]
+    # From the node; and from this machine to the link address, so that the same URLs work
+    # for pods and for programs here (an operator run in-process shares its Secrets with pods).
+    nat = ["iptables", "-w", "-t", "nat", "-I"]
+    _run([*nat, "PREROUTING", "-i", host_link, *comment])
+    _run([*nat, "OUTPUT", "-d", f"{network.host_address}/32", *comment])
 
 
 def forward_to_loopback(network: NodeNetwork, port: int) -> None:
@@ -121,13 +115,12 @@ def delete(node_id: str) -> None:
     """
     name = name_of(node_id)
     chain = chain_of(node_id)
-    while (
-        _run(
-            ["iptables", "-w", "-t", "nat", "-C", "PREROUTING", *_jump(node_id)], check=False
-        ).returncode
-        == 0
-    ):
-        _run(["iptables", "-w", "-t", "nat", "-D", "PREROUTING", *_jump(node_id)])
+    for hook in ("PREROUTING", "OUTPUT"):
+        rules = _run(["iptables", "-w", "-t", "nat", "-S", hook]).stdout.splitlines()
+        for rule in rules:
+            words = shlex.split(rule)
+            if words[:2] == ["-A", hook] and words[-2:] == ["-j", chain]:
+                _run(["iptables", "-w", "-t", "nat", "-D", *words[1:]])
     if _run(["iptables", "-w", "-t", "nat", "-F", chain], check=False).returncode == 0:
         _run(["iptables", "-w", "-t", "nat", "-X", chain])
     if (NETNS_DIR / name).exists():

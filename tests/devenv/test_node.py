@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pika
 import psycopg
 import pytest
 import yaml
@@ -174,6 +175,16 @@ def test_node_is_ready_with_the_images_imported(ns: Namespace, node: Node) -> No
         check=True,
     ).stdout.split()
     assert {PAUSE_IMAGE, PROJECT_IMAGE} <= set(listed)
+
+
+def test_reachable_urls_serve_this_machine_too(node: Node, vhost: Vhost, database: str) -> None:
+    """An operator run in-process reads the same Secrets as its pods."""
+    url = node.reachable(vhost.url)
+    assert f"@{node.host_address}:" in url
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    connection.close()
+    with psycopg.connect(node.reachable(database)) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 def test_worker_deployment_consumes_the_queue_into_the_database(
