@@ -156,7 +156,11 @@ def run_down(args: argparse.Namespace) -> int:
     if noderegistry.registry_dir().is_dir():
         # A crashed `cluster up --node` leaves containers, mounts and namespaces that pid
         # files do not reach.
-        stopped = bool(sweep(Layout(args.state_dir.resolve()).nodes)) or stopped
+        try:
+            stopped = bool(sweep(Layout(args.state_dir.resolve()).nodes)) or stopped
+        except NodeError as error:
+            print(f"cluster: {error}", file=sys.stderr)
+            return 1
     print("cluster: stopped" if stopped else "cluster: not running")
     return 0
 

@@ -25,6 +25,7 @@ import os
 import secrets
 import socket
 import ssl
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -187,7 +188,7 @@ class Node:
                 seed = containerd.ensure_seed(archives)
             self._programs = toolchain.programs(*PROGRAMS)
             with timings.measure("sweep"):
-                sweep(self.nodes_root)
+                self._sweep()
             self._register()
             with timings.measure("network"):
                 self._create_host_objects()
@@ -273,6 +274,15 @@ class Node:
                 raise NodeError(f"{image.name} has no archive to import")
             archives.append(image.archive)
         return archives
+
+    def _sweep(self) -> None:
+        """Remove crashed nodes' leftovers, warning about any that resist."""
+        # A leftover holds its own names and addresses: it does not keep this node from
+        # starting.
+        try:
+            sweep(self.nodes_root)
+        except NodeError as error:
+            print(f"warning: {error}", file=sys.stderr)
 
     def _register(self) -> None:
         """Pick an id and a link network and record them before creating anything."""
@@ -515,29 +525,39 @@ def sweep(nodes_root: Path | None = None) -> list[str]:
     """Remove every node whose owner is gone, and host objects of nodes nobody registered.
 
     The ids removed. Live nodes (other test sessions, a running `cluster up`) are left alone.
+    A leftover that cannot be removed does not stop the others from going; a NodeError names
+    them all afterwards (and their registry entries stay, so the next sweep tries again).
     """
     root = (nodes_root or default_nodes_root()).resolve()
     removed: list[str] = []
+    failures: list[str] = []
+
+    def remove(node_id: str, state_dir: Path | None) -> bool:
+        try:
+            reclaim(node_id, state_dir)
+        except STARTUP_ERRORS as error:
+            failures.append(f"node {node_id} ({state_dir or 'no state directory'}): {error}")
+            return False
+        removed.append(node_id)
+        return True
+
     with noderegistry.locked():
         registered = noderegistry.entries()
         known = {entry.node_id for entry in registered}
         for entry in registered:
-            if entry.alive():
-                continue
-            reclaim(entry.node_id, entry.state_dir)
-            noderegistry.unregister(entry.node_id)
-            removed.append(entry.node_id)
+            if not entry.alive() and remove(entry.node_id, entry.state_dir):
+                noderegistry.unregister(entry.node_id)
         orphans = (hostnet.node_ids_on_host() | _cgroup_ids()) - known
         if root.is_dir():
             for directory in root.iterdir():
                 if nodenet.ID_PATTERN.fullmatch(directory.name) and directory.name not in known:
-                    reclaim(directory.name, directory)
+                    remove(directory.name, directory)
                     orphans.discard(directory.name)
-                    removed.append(directory.name)
         for node_id in sorted(orphans):
-            reclaim(node_id, None)
-            removed.append(node_id)
+            remove(node_id, None)
         noderegistry.restore_host()
+    if failures:
+        raise NodeError("could not remove what crashed nodes left:\n" + "\n".join(failures))
     return removed
 
 

@@ -9,7 +9,8 @@ before any host object exists, so a node that is starting is never mistaken for 
 The kubelet sets six kernel tunables at start (vm.overcommit_memory=1, kernel.panic=10, ...),
 machine-wide and with no way to opt out but failing. Their values from before the first node
 are kept here and written back when the last node is gone, with the directories the kubelet
-and CNI create on the host (/var/log/containers, /var/lib/cni) if they did not exist before.
+and CNI create on the host (/var/log/containers, /var/lib/cni, /var/lib/kubelet for its device
+plugin socket) removed if they did not exist before.
 """
 
 from __future__ import annotations
@@ -34,8 +35,17 @@ KERNEL_TUNABLES = (
     "kernel/keys/root_maxbytes",
 )
 PROC_SYS = Path("/proc/sys")
-# Directories the kubelet and libcni create on the host whatever they are configured with.
-HOST_DIRS = (Path("/var/log/containers"), Path("/var/lib/cni"))
+# Directories the kubelet and libcni create on the host whatever they are configured with,
+# and the files in them that only a node's programs put there.
+HOST_DIRS: dict[Path, tuple[str, ...]] = {
+    Path("/var/log/containers"): (),
+    Path("/var/lib/cni"): (),
+    # The kubelet's device manager serves this socket whatever its root directory is.
+    Path("/var/lib/kubelet"): (
+        "device-plugins/kubelet.sock",
+        "device-plugins/kubelet_internal_checkpoint",
+    ),
+}
 
 
 def registry_dir() -> Path:
@@ -127,8 +137,10 @@ def restore_host() -> bool:
     for key, value in record.get("kernel", {}).items():
         if key in KERNEL_TUNABLES:
             (PROC_SYS / key).write_text(value)
-    for directory in record.get("absent_dirs", []):
-        _remove_empty_tree(Path(directory))
+    for directory in map(Path, record.get("absent_dirs", [])):
+        for leftover in HOST_DIRS.get(directory, ()):
+            (directory / leftover).unlink(missing_ok=True)
+        _remove_empty_tree(directory)
     path.unlink()
     return True
 

@@ -72,7 +72,13 @@ def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (proc_sys / key).write_text("0\n")
     monkeypatch.setattr(noderegistry, "PROC_SYS", proc_sys)
     monkeypatch.setattr(
-        noderegistry, "HOST_DIRS", (tmp_path / "var-log-containers", tmp_path / "var-lib-cni")
+        noderegistry,
+        "HOST_DIRS",
+        {
+            tmp_path / "var-log-containers": (),
+            tmp_path / "var-lib-cni": (),
+            tmp_path / "var-lib-kubelet": ("device-plugins/kubelet.sock",),
+        },
     )
     return tmp_path
 
@@ -105,6 +111,8 @@ def test_host_settings_come_back_when_the_last_node_goes(registry: Path) -> None
     (proc_sys / "vm/overcommit_memory").write_text("1\n")
     (registry / "var-log-containers").mkdir()
     (registry / "var-lib-cni" / "results").mkdir(parents=True)
+    (registry / "var-lib-kubelet" / "device-plugins").mkdir(parents=True)
+    (registry / "var-lib-kubelet" / "device-plugins" / "kubelet.sock").write_text("")
     with noderegistry.locked():
         noderegistry.register(entry("3d4e5f", statedir.identity(os.getpid())))
         noderegistry.remember_host()  # a second node keeps the first record
@@ -117,6 +125,7 @@ def test_host_settings_come_back_when_the_last_node_goes(registry: Path) -> None
     assert (proc_sys / "vm/overcommit_memory").read_text() == "0"
     assert not (registry / "var-log-containers").exists()
     assert not (registry / "var-lib-cni").exists()
+    assert not (registry / "var-lib-kubelet").exists()
 
 
 def test_host_directories_with_other_files_are_kept(registry: Path) -> None:
