@@ -375,6 +375,21 @@ def test_the_worker_reconnects_when_the_broker_drops_it(
     assert vhost.depth("matches.dlq") == 0
 
 
+def test_a_deleted_queue_is_declared_again(
+    start_worker: StartWorker, vhost: Vhost, database: str
+) -> None:
+    worker = start_worker()
+    vhost.publish("matches", "matches", encode([MATCH]))
+    wait_handled(worker, 1)
+    with vhost.channel() as channel:
+        channel.queue_delete("matches")
+    wait_until(lambda: "the broker cancelled the consumer" in worker.log, what="cancel noticed")
+    wait_until(lambda: worker.counter("matchops_worker_broker_connections_total") >= 2)
+    wait_until(worker.ready, what="consuming again")
+    vhost.publish("matches", "matches", encode([{**MATCH, "match_date": "2025-10-11"}]))
+    wait_until(lambda: match_count(database) == 2, what="stored after the queue came back")
+
+
 def test_database_down_is_waited_out_and_nothing_is_lost(
     start_worker: StartWorker, postgres: PostgreSQL, vhost: Vhost, database: str
 ) -> None:

@@ -60,6 +60,10 @@ MAX_ERROR_TEXT: Final = 1000
 IDLE_POLL: Final = 0.25
 
 
+class ConsumerCancelled(RuntimeError):  # noqa: N818 - names the event, like pika's own
+    """The broker ended our subscription (the queue was deleted, or its node failed)."""
+
+
 @dataclass(slots=True)
 class Delivery:
     """One received message and what validation made of it."""
@@ -163,7 +167,12 @@ class Worker:
                 try:
                     self._consume()
                     backoff.reset()
-                except (pika.exceptions.AMQPError, OSError, TopologyConflict) as exc:
+                except (
+                    pika.exceptions.AMQPError,
+                    OSError,
+                    TopologyConflict,
+                    ConsumerCancelled,
+                ) as exc:
                     self._on_session_lost(exc)
                     self._sleep(backoff.next())
         finally:
@@ -217,6 +226,8 @@ class Worker:
     ) -> None:
         wake = _Waker(connection)
         cancelled = False
+        broker_cancelled: list[pika.frame.Method[Any]] = []
+        consume.add_on_cancel_callback(broker_cancelled.append)
         while True:
             connection.process_data_events(time_limit=self._poll_timeout())
             self.health.tick()
@@ -229,6 +240,13 @@ class Worker:
                 consume.basic_cancel(consumer_tag)
                 cancelled = True
                 log.info("stopping: consumer cancelled, finishing the batch in hand")
+            if broker_cancelled and not cancelled:
+                cancelled = True
+                log.warning(
+                    "the broker cancelled the consumer (queue deleted?): finishing the batch "
+                    "in hand, then reconnecting",
+                    extra={"queue": self.topology.queue},
+                )
             if self._in_flight is None and self._batch_due():
                 self._flush(wake)
             if (
@@ -237,6 +255,10 @@ class Worker:
                 and self._probe is None
                 and (not self._pending or not self.health.database)
             ):
+                if broker_cancelled and not self._stopping:
+                    raise ConsumerCancelled(
+                        f"the broker cancelled the consumer of {self.topology.queue!r}"
+                    )
                 return
 
     def _on_message(
