@@ -93,13 +93,13 @@ def ns(cluster: ClusterAccess, namespace: str, node: Node) -> Namespace:
 
 
 def container(
-    command: list[str], env: dict[str, str] | None = None, image: str = PROJECT_IMAGE
+    command: list[str], env: dict[str, str] | None = None, pull: str = "Never"
 ) -> dict[str, Any]:
     return {
         "name": "main",
-        "image": image,
+        "image": PROJECT_IMAGE,
         # Images come from the node's containerd: there is no registry to pull from.
-        "imagePullPolicy": "Never",
+        "imagePullPolicy": pull,
         "command": command,
         "envFrom": [{"secretRef": {"name": "pipeline", "optional": True}}],
         "env": [{"name": key, "value": value} for key, value in (env or {}).items()],
@@ -318,7 +318,10 @@ def test_kubectl_exec_and_logs_reach_the_pod(ns: Namespace) -> None:
                             "python3",
                             "-c",
                             "print('hello from the pod', flush=True); import time; time.sleep(600)",
-                        ]
+                        ],
+                        # Kubernetes' default for a tag other than `latest`: the imported
+                        # image counts as present, nothing is pulled.
+                        pull="IfNotPresent",
                     )
                 ],
             },
