@@ -136,7 +136,11 @@ def link_root(seed: Path, root: Path) -> None:
         root.parent.mkdir(parents=True, exist_ok=True)
         # cp preserves what overlay layers need: ownership, modes, times and the xattrs
         # marking opaque directories.
-        subprocess.run(["cp", "-al", str(seed / "root"), str(root)], check=True)
+        done = subprocess.run(
+            ["cp", "-al", str(seed / "root"), str(root)], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise SeedError(f"linking {seed} into {root}: {done.stderr.strip()}")
     for database in DATABASES:
         linked = root / database
         if linked.exists():

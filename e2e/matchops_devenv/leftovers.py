@@ -229,5 +229,10 @@ def remove_tree(path: Path) -> None:
 
     rm is several times faster than shutil.rmtree on an unpacked image's thousands of files.
     """
-    if path.exists():
-        subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], check=True)
+    if not path.exists():
+        return
+    done = subprocess.run(
+        ["rm", "-rf", "--one-file-system", "--", str(path)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise OSError(f"removing {path}: {done.stderr.strip()}")

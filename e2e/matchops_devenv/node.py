@@ -230,16 +230,16 @@ class Node:
         """The first component that has exited on its own, if any."""
         return next((service for service in self.services if not service.running()), None)
 
-    def pids(self) -> list[int]:
-        """Process ids of the running components (not of containers and shims)."""
-        return [service.process.pid for service in self.services if service.process is not None]
-
     def reach(self, host: str, port: int) -> str:
         """The address pods dial for the service listening on `host`:`port` of this machine.
 
-        A loopback (or every-address) service is forwarded from the host's link address.
+        A loopback (or every-address) service is forwarded from the host's link address; any
+        other address or name is dialled as it is.
         """
-        address = ipaddress.ip_address("127.0.0.1" if host == "localhost" else host)
+        try:
+            address = ipaddress.ip_address("127.0.0.1" if host == "localhost" else host)
+        except ValueError:
+            return host
         if address.is_loopback or address.is_unspecified:
             if address.version != 4:
                 raise NodeError(f"{host}: only IPv4 loopback services can be forwarded to pods")
@@ -304,9 +304,9 @@ class Node:
             noderegistry.register(
                 noderegistry.Entry(node_id, statedir.identity(os.getpid()), layout.root, str(link))
             )
+            self.network = NodeNetwork(node_id, link, pod_subnet, self.config.bridge)
+            self.layout = layout
             noderegistry.remember_host()
-        self.network = NodeNetwork(node_id, link, pod_subnet, self.config.bridge)
-        self.layout = layout
 
     def _create_host_objects(self) -> None:
         network, layout = self._network(), self._layout()
