@@ -31,6 +31,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.node]
 
 CGROUPS = Path("/sys/fs/cgroup")
 REGISTRY = Path(os.environ.get("MATCHOPS_RUN_DIR") or "/run/matchops")
+BRIDGE = NodeConfig().bridge
 POD = {
     "apiVersion": "v1",
     "kind": "Pod",
@@ -98,6 +99,19 @@ def shim_sockets(state_dir: Path) -> set[Path]:
     }
 
 
+def bridges(netns: str) -> list[str]:
+    """Where a bridge named like the node's exists: in the node's namespace, or on the host."""
+    found = []
+    if Path(f"/sys/class/net/{BRIDGE}").exists():
+        found.append(f"host: {BRIDGE}")
+    inside = subprocess.run(
+        ["ip", "-n", netns, "link", "show", BRIDGE], capture_output=True, check=False
+    )
+    if inside.returncode == 0:
+        found.append(f"{netns}: {BRIDGE}")
+    return found
+
+
 def traces(node_id: str, state_dir: Path, pids: set[int], sockets: set[Path]) -> dict[str, list]:
     """What of node `node_id` exists on the host, by kind."""
     name = f"matchops-{node_id}"
@@ -119,6 +133,7 @@ def traces(node_id: str, state_dir: Path, pids: set[int], sockets: set[Path]) ->
         "pod netns": [p for p, fs in _mounts() if fs == "nsfs" and p.startswith(marker)],
         "node netns": [p for p in [Path("/run/netns") / name] if p.exists()],
         "link": [p for p in [Path("/sys/class/net") / name] if p.exists()],
+        "bridge": bridges(name),
         "iptables": [line for line in nat.splitlines() if node_id in line],
         "state dir": [state_dir] if state_dir.exists() else [],
         "registry": [p for p in [REGISTRY / "nodes" / f"{node_id}.json"] if p.exists()],
@@ -172,7 +187,10 @@ def test_stop_removes_everything_the_node_put_on_the_host(
         run_pod(plane.access)
         node_id, state_dir = node.node_id, node.state_dir
         pids, sockets = container_pids(node_id), shim_sockets(state_dir)
-        assert_present(traces(node_id, state_dir, pids, sockets))
+        found = traces(node_id, state_dir, pids, sockets)
+        assert_present(found)
+        # The bridge lives in the node's namespace, never on the host.
+        assert found["bridge"] == [f"matchops-{node_id}: {BRIDGE}"]
     finally:
         node.stop()
 
