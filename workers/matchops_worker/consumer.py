@@ -365,7 +365,7 @@ class Worker:
         self._flushing, self._pending = self._pending[:limit], self._pending[limit:]
         reports = [d.parsed for d in self._flushing if isinstance(d.parsed, MatchReport)]
         self._flush_started = time.monotonic()
-        self._in_flight = self._executor.submit(self.store.write, reports)
+        self._in_flight = self._executor.submit(self.store.write, self.store.prepare(reports))
         self._in_flight.add_done_callback(wake)
         self.metrics.batch_size.observe(len(reports))
 

@@ -118,8 +118,31 @@ class RowDeferred:
 Result = Outcome | RowRejected | RowDeferred
 
 
+@dataclass(frozen=True)
+class _EntityInsert:
+    table: EntityTable
+    rows: str
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Upsert:
+    sql: bytes
+    group: list[Collapsed]
+    rows: str
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A batch ready to send: its reports, the new reference names, the upsert parameters."""
+
+    reports: tuple[MatchReport, ...]
+    entities: tuple[_EntityInsert, ...]
+    upserts: tuple[_Upsert, ...]
+
+
 class Store:
-    """The worker's one connection to PostgreSQL; used from one thread at a time."""
+    """The worker's one connection to PostgreSQL; writes from one thread at a time."""
 
     def __init__(self, dsn: str, statement_timeout: float = 30.0, connect_timeout: int = 10):
         self.dsn = dsn
@@ -158,7 +181,27 @@ class Store:
             )
         return version
 
-    def write(self, reports: Sequence[MatchReport]) -> list[Result]:
+    def prepare(self, reports: Sequence[MatchReport]) -> PreparedBatch:
+        """Everything a batch's transaction sends, computed without touching the database.
+
+        The worker prepares a batch in its consuming thread, so that the writing thread only
+        waits on PostgreSQL.
+        """
+        winners = collapse(reports)
+        entities = []
+        for table, names in _entities(winners):
+            new = sorted(key for key in names if (table, key) not in self._known)
+            if new:
+                rows = orjson.dumps([[key, names[key]] for key in new]).decode()
+                entities.append(_EntityInsert(table, rows, tuple(new)))
+        upserts = []
+        for kind in ("external", "natural"):
+            group = [w for w in winners if (w.identity[0] == "external") == (kind == "external")]
+            if group:
+                upserts.append(_Upsert(_UPSERT_SQL[kind], group, _rows(group)))
+        return PreparedBatch(tuple(reports), tuple(entities), tuple(upserts))
+
+    def write(self, batch: Sequence[MatchReport] | PreparedBatch) -> list[Result]:
         """Store a batch; one result per report, in order.
 
         The batch is one transaction. When the database refuses it because of some report's
@@ -166,52 +209,43 @@ class Store:
         are isolated, so the others are stored. Raises StoreUnavailable when the database
         cannot take batches at all.
         """
-        results: list[Result | None] = [None] * len(reports)
-        self._write_isolating(list(enumerate(reports)), results)
+        prepared = batch if isinstance(batch, PreparedBatch) else self.prepare(batch)
+        results: list[Result | None] = [None] * len(prepared.reports)
+        self._write_isolating(list(range(len(prepared.reports))), prepared, results)
         return [result if result is not None else Outcome.UNCHANGED for result in results]
 
     def _write_isolating(
-        self, items: list[tuple[int, MatchReport]], results: list[Result | None]
+        self, positions: list[int], prepared: PreparedBatch, results: list[Result | None]
     ) -> None:
         try:
-            outcomes = self._write_once([report for _, report in items])
+            outcomes = self._write_once(prepared)
         except psycopg.Error as exc:
             kind = _failure_kind(exc)
             if kind is None:
                 raise StoreUnavailable(f"database unavailable: {_describe(exc)}") from exc
-            if len(items) == 1:
-                results[items[0][0]] = kind(_describe(exc))
+            if len(positions) == 1:
+                results[positions[0]] = kind(_describe(exc))
                 return
-            middle = len(items) // 2
-            self._write_isolating(items[:middle], results)
-            self._write_isolating(items[middle:], results)
+            middle = len(positions) // 2
+            for start, stop in ((0, middle), (middle, len(positions))):
+                part = self.prepare(prepared.reports[start:stop])
+                self._write_isolating(positions[start:stop], part, results)
             return
-        for (position, _), outcome in zip(items, outcomes, strict=True):
+        for position, outcome in zip(positions, outcomes, strict=True):
             results[position] = outcome
 
-    def _write_once(self, reports: Sequence[MatchReport]) -> list[Outcome]:
-        winners = collapse(reports)
-        outcomes: list[Outcome] = [Outcome.SUPERSEDED] * len(reports)
-        if not winners:
+    def _write_once(self, prepared: PreparedBatch) -> list[Outcome]:
+        outcomes: list[Outcome] = [Outcome.SUPERSEDED] * len(prepared.reports)
+        if not prepared.upserts:
             return outcomes
-        external = [w for w in winners if w.identity[0] == "external"]
-        natural = [w for w in winners if w.identity[0] != "external"]
-        new_names = [
-            (table, {k: v for k, v in names.items() if (table, k) not in self._known})
-            for table, names in _entities(winners)
-        ]
         with self._session() as conn:
             try:
                 with conn.pipeline(), conn.transaction():
-                    for table, names in new_names:
-                        if names:
-                            keys = sorted(names)
-                            rows = orjson.dumps([[k, names[k]] for k in keys]).decode()
-                            conn.execute(_ENTITY_SQL[table], [rows])
+                    for entity in prepared.entities:
+                        conn.execute(_ENTITY_SQL[entity.table], [entity.rows])
                     cursors = [
-                        (group, conn.execute(_UPSERT_SQL[kind], [_rows(group)]))
-                        for kind, group in (("external", external), ("natural", natural))
-                        if group
+                        (upsert.group, conn.execute(upsert.sql, [upsert.rows]))
+                        for upsert in prepared.upserts
                     ]
             except psycopg.Error:
                 # A reference row may have been deleted behind the cache's back: forget it all.
@@ -219,7 +253,7 @@ class Store:
                 if conn.broken:
                     self.close()
                 raise
-            self._known.update((table, key) for table, names in new_names for key in names)
+            self._known.update((e.table, key) for e in prepared.entities for key in e.keys)
             for group, cursor in cursors:
                 for position, created, same in cursor.fetchall():
                     outcomes[group[position - 1].position] = _outcome(created, same)
