@@ -7,6 +7,7 @@ which listen on loopback only: pods reach them through the address `node.reachab
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -227,7 +228,7 @@ def test_scaled_down_worker_finishes_the_batch_it_holds(
 
     logs = subprocess.Popen(
         [str(ns.cluster.kubectl_path), "-n", ns.name, "logs", "-f", "deployment/worker"],
-        env={"KUBECONFIG": str(ns.cluster.kubeconfig)},
+        env={**os.environ, "KUBECONFIG": str(ns.cluster.kubeconfig)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
