@@ -201,6 +201,15 @@ def test_a_row_the_database_refuses_is_isolated(db: Store, database: str) -> Non
     assert count(database, "matches") == 6
 
 
+def test_a_team_deleted_by_hand_is_created_again(db: Store, database: str) -> None:
+    db.write([match(external_match_id="m1")])
+    with psycopg.connect(database) as conn:
+        conn.execute("DELETE FROM teams WHERE name = 'FC Delco'")
+    assert db.write([match(external_match_id="m2", match_date="2025-10-11")]) == [Outcome.CREATED]
+    assert count(database, "teams") == 2
+    assert [r["away_team"] for r in rows(database)] == ["FC Delco"]
+
+
 def test_unreachable_database_is_unavailable_not_a_data_error(postgres: PostgreSQL) -> None:
     dsn = postgres.dsn().replace(f":{postgres.port}/", ":1/")
     with pytest.raises(StoreUnavailable, match="cannot connect"):

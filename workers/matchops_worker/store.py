@@ -139,6 +139,8 @@ class PreparedBatch:
     reports: tuple[MatchReport, ...]
     entities: tuple[_EntityInsert, ...]
     upserts: tuple[_Upsert, ...]
+    # Whether some reference names were left out because they are known to exist.
+    relies_on_cache: bool = False
 
 
 class Store:
@@ -189,8 +191,10 @@ class Store:
         """
         winners = collapse(reports)
         entities = []
+        cached = False
         for table, names in _entities(winners):
             new = sorted(key for key in names if (table, key) not in self._known)
+            cached = cached or len(new) < len(names)
             if new:
                 rows = orjson.dumps([[key, names[key]] for key in new]).decode()
                 entities.append(_EntityInsert(table, rows, tuple(new)))
@@ -199,7 +203,7 @@ class Store:
             group = [w for w in winners if (w.identity[0] == "external") == (kind == "external")]
             if group:
                 upserts.append(_Upsert(_UPSERT_SQL[kind], group, _rows(group)))
-        return PreparedBatch(tuple(reports), tuple(entities), tuple(upserts))
+        return PreparedBatch(tuple(reports), tuple(entities), tuple(upserts), cached)
 
     def write(self, batch: Sequence[MatchReport] | PreparedBatch) -> list[Result]:
         """Store a batch; one result per report, in order.
@@ -223,6 +227,11 @@ class Store:
             kind = _failure_kind(exc)
             if kind is None:
                 raise StoreUnavailable(f"database unavailable: {_describe(exc)}") from exc
+            if prepared.relies_on_cache:
+                # A reference row may have been deleted by hand: the failure dropped the cache,
+                # so this attempt creates every name the batch uses.
+                self._write_isolating(positions, self.prepare(prepared.reports), results)
+                return
             if len(positions) == 1:
                 results[positions[0]] = kind(_describe(exc))
                 return

@@ -29,14 +29,19 @@ CREATE TABLE divisions (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- The reference ids are not declared as foreign keys. The worker finds or creates the
+-- referenced rows in the same transaction, before the matches, and matchops never deletes
+-- them; a declared foreign key would check (and lock) the team, season, age group and
+-- division rows again for every match written, which doubles the cost of each upsert and
+-- makes concurrent workers contend on popular teams. docs/worker.md shows how to add them.
 CREATE TABLE matches (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     external_match_id text UNIQUE,
-    season_id bigint NOT NULL REFERENCES seasons (id),
-    age_group_id bigint NOT NULL REFERENCES age_groups (id),
-    division_id bigint REFERENCES divisions (id),
-    home_team_id bigint NOT NULL REFERENCES teams (id),
-    away_team_id bigint NOT NULL REFERENCES teams (id),
+    season_id bigint NOT NULL,
+    age_group_id bigint NOT NULL,
+    division_id bigint,
+    home_team_id bigint NOT NULL,
+    away_team_id bigint NOT NULL,
     match_date date NOT NULL,
     kickoff time,
     match_type text NOT NULL,
