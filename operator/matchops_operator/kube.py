@@ -64,36 +64,8 @@ class Kube:
         return cls(client, config, instance)
 
     def connection_info(self) -> kopf.ConnectionInfo:
-        """The same server and credentials for kopf's own client (watching, finalizers).
-
-        Read afresh on each call: kopf logs in again after a 401, and an in-cluster token file
-        is rotated by the kubelet.
-        """
-        single = self._config.get()
-        if single is None:
-            raise kopf.LoginError("the kubeconfig has no current context")
-        cluster, user = single.cluster, single.user
-        token = user.token if user else None
-        if user and user.token_file:
-            token = Path(single.abs_file(user.token_file)).read_text().strip()
-
-        def path(value: str | None) -> str | None:
-            return str(single.abs_file(value)) if value else None
-
-        return kopf.ConnectionInfo(
-            server=cluster.server,
-            ca_path=path(cluster.certificate_auth),
-            ca_data=cluster.certificate_auth_data,
-            insecure=cluster.insecure or None,
-            username=user.username if user else None,
-            password=user.password if user else None,
-            token=token,
-            certificate_path=path(user.client_cert) if user else None,
-            certificate_data=user.client_cert_data if user else None,
-            private_key_path=path(user.client_key) if user else None,
-            private_key_data=user.client_key_data if user else None,
-            default_namespace=single.context.namespace,
-        )
+        """The same server and credentials, for kopf's own client (watching, finalizers)."""
+        return connection_info(self._config)
 
     async def close(self) -> None:
         await self._client.close()
@@ -214,3 +186,36 @@ class Kube:
 def _owned_by(obj: CronJob | Deployment, owner: Owner) -> bool:
     references = obj.metadata.ownerReferences if obj.metadata else None
     return any(ref.uid == owner.uid for ref in references or [])
+
+
+def connection_info(config: KubeConfig) -> kopf.ConnectionInfo:
+    """kopf's login for the server and credentials of `config`.
+
+    Read afresh on each call: kopf logs in again after a 401, and an in-cluster token file is
+    rotated by the kubelet.
+    """
+    single = config.get()
+    if single is None:
+        raise kopf.LoginError("the kubeconfig has no current context")
+    cluster, user = single.cluster, single.user
+    token = user.token if user else None
+    if user and user.token_file:
+        token = Path(single.abs_file(user.token_file)).read_text().strip()
+
+    def path(value: str | None) -> str | None:
+        return str(single.abs_file(value)) if value else None
+
+    return kopf.ConnectionInfo(
+        server=cluster.server,
+        ca_path=path(cluster.certificate_auth),
+        ca_data=cluster.certificate_auth_data,
+        insecure=cluster.insecure or None,
+        username=user.username if user else None,
+        password=user.password if user else None,
+        token=token,
+        certificate_path=path(user.client_cert) if user else None,
+        certificate_data=user.client_cert_data if user else None,
+        private_key_path=path(user.client_key) if user else None,
+        private_key_data=user.client_key_data if user else None,
+        default_namespace=single.context.namespace,
+    )

@@ -149,6 +149,9 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     configured.scanning.disabled = bool(settings.namespaces) and not any(
         _is_pattern(namespace) for namespace in settings.namespaces
     )
+    # A resource's deletion waits for its poll timer to stop; when a poll is running then, kopf
+    # looks again after this long (its default, a minute, would hold every deletion that long).
+    configured.background.cancellation_polling = 1.0
     # Reconnect watches regularly so a silently dropped connection cannot stall the operator.
     configured.watching.server_timeout = 270
     configured.watching.client_timeout = 300

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -606,6 +607,33 @@ def test_deletion_policy_decides_the_queues_and_children_are_collected(
         return True
 
     wait_for(collected, "the garbage collector to remove the CronJob and the Deployment")
+
+
+def test_a_poll_in_progress_does_not_hold_up_deletion(
+    pipeline: Pipeline, operator: KopfRunner
+) -> None:
+    # A management API that accepts connections and never answers: every poll waits out the
+    # operator's 10 s timeout, so a deletion almost always arrives while a poll is running.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        management = f"http://matchops:secret@127.0.0.1:{silent.getsockname()[1]}"
+        pipeline.kubectl(
+            "create",
+            "secret",
+            "generic",
+            "rabbitmq",
+            f"--from-literal=url={pipeline.vhost.url}",
+            f"--from-literal=management-url={management}",
+        )
+        pipeline.kubectl(
+            "create", "secret", "generic", "postgres", "--from-literal=dsn=postgresql://db/x"
+        )
+        pipeline.apply(sample("legacy-celery.yaml"))
+        pipeline.wait_condition(
+            "matches", "Reconciling", "True", "ManagementAPIUnreachable", timeout=60
+        )
+        started = time.monotonic()
+        pipeline.kubectl("delete", "matchingestion", "matches", "--wait=true", "--timeout=50s")
+        assert time.monotonic() - started < 25
 
 
 def test_kubectl_get_and_describe_tell_the_story(pipeline: Pipeline, operator: KopfRunner) -> None:

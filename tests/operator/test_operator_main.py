@@ -64,6 +64,8 @@ def test_kopf_keeps_its_state_under_our_names_and_posts_no_events_of_its_own() -
     assert configured.posting.enabled is False
     assert configured.peering.standalone is True
     assert configured.peering.clusterwide is False
+    # A deletion arriving during a poll is not held for kopf's default minute.
+    assert configured.background.cancellation_polling <= 1.0
 
 
 def test_listed_namespaces_are_served_without_scanning_the_cluster() -> None:
