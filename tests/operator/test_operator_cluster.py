@@ -177,12 +177,12 @@ def pipeline(
 
 
 @contextmanager
-def running_operator(pipeline: Pipeline) -> Iterator[KopfRunner]:
+def running_operator(pipeline: Pipeline, worker_image: str = WORKER_IMAGE) -> Iterator[KopfRunner]:
     """The operator watching the test's namespace: 1 s polls, short backoff."""
     settings = OperatorSettings(
         namespaces=(pipeline.namespace,),
         poll_interval=1.0,
-        worker_image=WORKER_IMAGE,
+        worker_image=worker_image,
         image_pull_policy="IfNotPresent",
         liveness_port=None,
         standalone=True,
@@ -526,6 +526,20 @@ def test_unreachable_broker_is_retried_until_it_answers(
     )
     pipeline.wait_condition("u14-northeast", "Ready", "True", timeout=30)
     assert pipeline.condition("u14-northeast", "Reconciling") is None
+
+
+def test_no_worker_image_anywhere_is_reported(pipeline: Pipeline) -> None:
+    pipeline.secrets()
+    pipeline.apply(sample("minimal.yaml"))
+    with running_operator(pipeline, worker_image=""):
+        stalled = pipeline.wait_condition("u14-northeast", "Stalled", "True", "NoWorkerImage")
+        assert "spec.workers.image is empty" in stalled["message"]
+        workers = pipeline.condition("u14-northeast", "WorkersReady")
+        assert workers is not None
+        assert (workers["status"], workers["reason"]) == ("False", "NoWorkerImage")
+        pipeline.json("cronjob", "u14-northeast-scraper")  # the rest of the pipeline is there
+        pipeline.apply(sample("minimal.yaml", workers__image=WORKER_IMAGE))
+        pipeline.wait_condition("u14-northeast", "Ready", "True")
 
 
 def test_quorum_queue_on_a_legacy_classic_queue_is_a_conflict_not_a_crash(
