@@ -40,10 +40,13 @@ COPY README.md ./
 COPY crds ./crds
 COPY operator ./operator
 COPY workers ./workers
+# uv keys its cached build of a local project by pyproject.toml alone: without
+# --reinstall-package, the cache mount hands back the wheel of the first build's sources.
 RUN --mount=type=secret,id=ca-bundle --mount=type=cache,target=/root/.cache/uv \
     set -eu; \
     if [ -s /run/secrets/ca-bundle ]; then export SSL_CERT_FILE=/run/secrets/ca-bundle; fi; \
-    /opt/uv/bin/uv sync --locked --no-dev --no-editable --python "$(command -v python3)"; \
+    /opt/uv/bin/uv sync --locked --no-dev --no-editable --reinstall-package matchops \
+        --python "$(command -v python3)"; \
     python3 -m compileall -q -j 0 --invalidation-mode checked-hash \
         /opt/matchops/lib/python3*/site-packages/matchops_*
 
