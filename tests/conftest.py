@@ -3,4 +3,5 @@
 pytest_plugins = [
     "matchops_devenv.pytest_services",
     "matchops_devenv.pytest_cluster",
+    "matchops_devenv.pytest_e2e",
 ]

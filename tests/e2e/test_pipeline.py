@@ -1,0 +1,177 @@
+"""The whole pipeline on a cluster with a real node, RabbitMQ and PostgreSQL.
+
+The operator is installed with the Helm chart and runs as a pod from the project image; the
+scraper is the image's sample producer, run as a Job from the operator's CronJob; workers are
+pods the operator scales on the backlog. Everything is checked where a user would look: the
+database, the dead-letter queue, `kubectl get` / `describe`, Events.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+from celery import Celery
+from matchops_devenv.broker_tools import Vhost
+from matchops_devenv.outcome import stored_count, stored_matches, take_dead_letters
+from matchops_devenv.pipeline import Pipeline, Target, sample, scraped_ingestion, wait_for
+from matchops_devenv.rabbitmq import RabbitMQ
+from matchops_devenv.season import Season, expected_reason
+
+pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.node, pytest.mark.e2e]
+
+# Two divisions of 12 teams: 264 fixtures, 132 results, 7 invalid messages.
+SEASON = Season()
+LEGACY_TASK = "celery_tasks.match_tasks.process_match_data"
+
+
+@dataclass
+class Peak:
+    """The most workers seen asked for and ready while the pipeline ran."""
+
+    desired: int = 0
+    ready: int = 0
+
+    def observe(self, pipeline: Pipeline) -> None:
+        desired, ready = pipeline.workers()
+        self.desired = max(self.desired, desired)
+        self.ready = max(self.ready, ready)
+
+
+def columns(table: str) -> dict[str, str]:
+    """The cells of a one-row `kubectl get` table, by column name."""
+    header, row = table.splitlines()
+    names = re.findall(r"\S+(?: \S+)*", header)
+    starts = [header.index(name) for name in names]
+    ends = [*starts[1:], None]
+    return {
+        name: row[start:end].strip() for name, start, end in zip(names, starts, ends, strict=True)
+    }
+
+
+def test_a_scraped_season_is_stored_scaled_and_dead_lettered(
+    e2e_target: Target,
+    e2e_broker: RabbitMQ,
+    e2e_vhost: Vhost,
+    e2e_database: str,
+    pipelines: Callable[[str], Pipeline],
+) -> None:
+    pipeline = pipelines("u14-season")
+    pipeline.create_secrets(e2e_vhost.url, e2e_database, e2e_broker.management_url)
+    pipeline.apply(
+        scraped_ingestion(
+            e2e_target.image,
+            SEASON.scraper_args(),
+            exchange="mlsnext",
+            queue="mlsnext-u14",
+            routing_keys=["mlsnext.u14"],
+            max_replicas=3,
+            target_backlog_per_replica=100,
+            scale_down_delay_seconds=5,
+        )
+    )
+    pipeline.wait("Ready")
+    assert pipeline.workers() == (0, 0), "an idle pipeline runs no workers"
+
+    pipeline.run_scraper("scrape-now")
+    expected = SEASON.final_state()
+    peak = Peak()
+
+    def all_stored() -> bool:
+        peak.observe(pipeline)
+        return stored_count(e2e_database) == len(expected)
+
+    wait_for(all_stored, f"{len(expected)} matches stored", 240, pipeline.diagnose)
+    assert stored_matches(e2e_database) == expected
+
+    # Scaled up at once on the backlog, with the numbers behind it, and pods really served.
+    scaled = pipeline.scaled()
+    up = re.fullmatch(r"Scaled workers 0 → (\d+): backlog (\d+), .*", scaled[0])
+    assert up is not None, scaled
+    assert int(up.group(1)) > 1
+    assert int(up.group(2)) > 0
+    assert peak.ready >= 2, f"at most {peak.ready} worker pods were ready"
+
+    def drained() -> dict[str, int] | None:
+        peak.observe(pipeline)
+        backlog: dict[str, int] = pipeline.status().get("backlog", {})
+        return backlog if backlog.get("ready") == backlog.get("unacked") == 0 else None
+
+    backlog = wait_for(drained, "the backlog drained in status", 60, pipeline.diagnose)
+    assert backlog["deadLettered"] == SEASON.invalid
+
+    # Down again after the scale-down delay, one step at a time, to no pod at all.
+    wait_for(lambda: pipeline.workers() == (0, 0), "workers scaled to zero", 90, pipeline.diagnose)
+    down = [m for m in pipeline.scaled() if m.startswith("Scaled workers 1 → 0")]
+    assert down, pipeline.scaled()
+    assert "scale-down delay 5s" in down[-1]
+    wait_for(lambda: not pipeline.pods("worker"), "worker pods gone", 60, pipeline.diagnose)
+
+    # What a person reads.
+    cells = columns(pipeline.table())
+    assert {k: cells[k] for k in ("NAME", "READY", "BACKLOG", "DLQ", "WORKERS")} == {
+        "NAME": "u14-season",
+        "READY": "True",
+        "BACKLOG": "0",
+        "DLQ": str(SEASON.invalid),
+        "WORKERS": "0/0",
+    }
+    assert re.fullmatch(r"\d+s|\d+m\d*s?", cells["LAST SCRAPE"]), cells
+    described = " ".join(pipeline.describe().split())
+    for text in (
+        "Type: Ready",
+        "Reason: ScaledToZero",
+        "Reason: TopologyDeclared",
+        "Reason: ScraperScheduled",
+        up.group(0),
+        down[-1],
+    ):
+        assert text in described, text
+
+    # The dead-letter queue holds exactly the invalid messages, each with its reason.
+    dead = take_dead_letters(e2e_vhost, "mlsnext-u14.dlq")
+    assert sorted(d.body for d in dead) == sorted(SEASON.invalid_bodies())
+    assert [(d.reason, bool(d.error)) for d in dead] == [
+        (expected_reason(d.body), True) for d in dead
+    ]
+
+
+def test_a_legacy_celery_producer_publishes_into_the_managed_queue(
+    e2e_broker: RabbitMQ,
+    e2e_vhost: Vhost,
+    e2e_database: str,
+    pipelines: Callable[[str], Pipeline],
+) -> None:
+    pipeline = pipelines("matches")
+    legacy = sample("legacy-celery.yaml")
+    # The producer is the existing Celery scraper outside the cluster.
+    legacy["spec"]["scraper"]["suspend"] = True
+    pipeline.create_secrets(e2e_vhost.url, e2e_database, e2e_broker.management_url)
+    pipeline.apply(legacy)
+    pipeline.wait("Ready")
+
+    season = Season(divisions=("Northeast",), teams=6, invalid=0, seed=11)
+    reports = season.reports()
+    # Celery re-declares exchange, queue and binding before publishing: a queue with any
+    # argument would fail here with 406 PRECONDITION_FAILED.
+    with Celery("scraper", broker=e2e_vhost.url) as app:
+        for report in reports:
+            app.send_task(
+                LEGACY_TASK, args=[report], queue="matches", routing_key="matches.process"
+            )
+
+    expected = season.final_state()
+    wait_for(
+        lambda: stored_count(e2e_database) == len(expected),
+        f"{len(expected)} matches stored",
+        180,
+        pipeline.diagnose,
+    )
+    assert stored_matches(e2e_database) == expected
+    assert any(m.startswith("Scaled workers 0 → ") for m in pipeline.scaled())
+    topology = pipeline.condition("TopologyReady")
+    assert topology is not None
+    assert (topology["status"], topology["reason"]) == ("True", "TopologyDeclared")
+    assert take_dead_letters(e2e_vhost, "matches.dlq") == []
