@@ -207,10 +207,12 @@ class MatchReport(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> MatchReport:
-        for field in _TEXT_FIELDS:
-            value = getattr(self, field)
-            if value is not None and (problem := _unstorable(value)):
-                raise ValueError(f"{field} {problem}")
+        texts = [getattr(self, field) for field in _TEXT_FIELDS]
+        # One check of all texts together; only when it fails, find the field to name.
+        if _unstorable("".join(text for text in texts if text is not None)):
+            for field, text in zip(_TEXT_FIELDS, texts, strict=True):
+                if text is not None and (problem := _unstorable(text)):
+                    raise ValueError(f"{field} {problem}")
         if name_key(self.home_team) == name_key(self.away_team):
             raise ValueError(f"home team and away team are the same team ({self.home_team!r})")
         if (self.home_score is None) != (self.away_score is None):
