@@ -48,9 +48,28 @@ test: sync toolchain ## run the whole test suite (unit and real-system tests)
 test-fast: ## run the unit tests only (no broker, database or cluster)
 	$(UV) run pytest -m "not integration"
 
+# DEMO_FLAGS=--keep keeps the demo's cluster, broker and database running until Ctrl-C.
+DEMO_FLAGS ?=
+
 .PHONY: demo
-demo: sync ## run the worker on a sample season against a local RabbitMQ and PostgreSQL
+demo: sync toolchain ## the whole pipeline on a local cluster: operator, scraper Job, autoscaled workers (root)
+	$(UV) run --locked python -m matchops_devenv demo-cluster $(DEMO_FLAGS)
+
+.PHONY: demo-worker
+demo-worker: sync ## run the worker alone on a sample season against a local RabbitMQ and PostgreSQL
 	$(UV) run --locked python -m matchops_devenv demo
+
+.PHONY: e2e
+e2e: sync toolchain ## the end-to-end scenarios on the local cluster with a node (root)
+	$(PYTEST) tests/e2e
+
+# kind: the same scenarios on a kind cluster, for machines with Docker (see docs/quickstart.md).
+KIND ?= kind
+KIND_CLUSTER ?= matchops-e2e
+
+.PHONY: e2e-kind
+e2e-kind: sync ## the end-to-end scenarios on a kind cluster (Docker, kind, kubectl, helm)
+	KIND=$(KIND) KIND_CLUSTER=$(KIND_CLUSTER) IMG=$(IMG) e2e/kind/run.sh
 
 .PHONY: bench
 bench: sync bench-scaling ## measure worker throughput (messages/s) against a local RabbitMQ and PostgreSQL

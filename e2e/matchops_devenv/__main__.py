@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from matchops_devenv import cluster, demo, images
+from matchops_devenv import cluster, demo, demo_cluster, images
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     cluster.register(commands)
     demo.register(commands)
+    demo_cluster.register(commands)
     images.register(commands)
     args = parser.parse_args(argv)
     code: int = args.run(args)

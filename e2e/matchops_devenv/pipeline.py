@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import yaml
 
 from matchops_devenv.access import ClusterAccess, KubectlError
+from matchops_devenv.outcome import stored_count
 from matchops_devenv.toolchain import REPO_ROOT
 
 CHART = REPO_ROOT / "charts" / "matchops"
@@ -361,6 +362,66 @@ class Pipeline:
             log = self.kubectl("logs", f"job/{job}", "--tail=40", check=False)
             raise PipelineError(f"the scraper job/{job} failed:\n{log}\n{self.diagnose()}")
         return time.monotonic() - started
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One look at a running pipeline: rows stored, backlog in status, worker replicas."""
+
+    stored: int
+    backlog: Mapping[str, Any]
+    desired: int
+    ready: int
+
+    @property
+    def drained(self) -> bool:
+        """The operator's last poll saw no message waiting or held by a worker."""
+        return self.backlog.get("ready") == self.backlog.get("unacked") == 0
+
+
+@dataclass
+class Watch:
+    """Follows a pipeline while it works: the peak of its workers and the Events as they come."""
+
+    pipeline: Pipeline
+    dsn: str
+    peak_desired: int = 0
+    peak_ready: int = 0
+    seen: set[str] = field(default_factory=set)
+
+    def look(self) -> Snapshot:
+        desired, ready = self.pipeline.workers()
+        self.peak_desired = max(self.peak_desired, desired)
+        self.peak_ready = max(self.peak_ready, ready)
+        backlog = self.pipeline.status().get("backlog", {})
+        return Snapshot(stored_count(self.dsn), backlog, desired, ready)
+
+    def new_events(self) -> list[dict[str, Any]]:
+        """Events about the MatchIngestion not returned before, oldest first."""
+        fresh = [e for e in self.pipeline.events() if e["metadata"]["uid"] not in self.seen]
+        self.seen.update(e["metadata"]["uid"] for e in fresh)
+        return fresh
+
+    def until(
+        self,
+        goal: Callable[[Snapshot], bool],
+        what: str,
+        timeout: float,
+        report: Callable[[Snapshot, list[dict[str, Any]]], None] | None = None,
+    ) -> Snapshot:
+        """Look until `goal` holds; `report` hears of each look that changed something."""
+        last: list[Snapshot] = []
+
+        def reached() -> Snapshot | None:
+            snapshot = self.look()
+            if report is not None:
+                events = self.new_events()
+                if events or not last or snapshot != last[-1]:
+                    report(snapshot, events)
+            last[:] = [snapshot]
+            return snapshot if goal(snapshot) else None
+
+        return wait_for(reached, what, timeout, self.pipeline.diagnose)
 
 
 def sample(name: str) -> dict[str, Any]:

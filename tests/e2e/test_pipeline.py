@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import pytest
 from celery import Celery
 from matchops_devenv.broker_tools import Vhost
-from matchops_devenv.outcome import stored_count, stored_matches, take_dead_letters
-from matchops_devenv.pipeline import Pipeline, Target, sample, scraped_ingestion, wait_for
+from matchops_devenv.outcome import stored_matches, take_dead_letters
+from matchops_devenv.pipeline import (
+    Pipeline,
+    Target,
+    Watch,
+    sample,
+    scraped_ingestion,
+    wait_for,
+)
 from matchops_devenv.rabbitmq import RabbitMQ
 from matchops_devenv.season import Season, expected_reason
 
@@ -25,19 +31,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.node, py
 # Two divisions of 12 teams: 264 fixtures, 132 results, 7 invalid messages.
 SEASON = Season()
 LEGACY_TASK = "celery_tasks.match_tasks.process_match_data"
-
-
-@dataclass
-class Peak:
-    """The most workers seen asked for and ready while the pipeline ran."""
-
-    desired: int = 0
-    ready: int = 0
-
-    def observe(self, pipeline: Pipeline) -> None:
-        desired, ready = pipeline.workers()
-        self.desired = max(self.desired, desired)
-        self.ready = max(self.ready, ready)
 
 
 def columns(table: str) -> dict[str, str]:
@@ -77,13 +70,8 @@ def test_a_scraped_season_is_stored_scaled_and_dead_lettered(
 
     pipeline.run_scraper("scrape-now")
     expected = SEASON.final_state()
-    peak = Peak()
-
-    def all_stored() -> bool:
-        peak.observe(pipeline)
-        return stored_count(e2e_database) == len(expected)
-
-    wait_for(all_stored, f"{len(expected)} matches stored", 240, pipeline.diagnose)
+    watch = Watch(pipeline, e2e_database)
+    watch.until(lambda s: s.stored == len(expected), f"{len(expected)} matches stored", 240)
     assert stored_matches(e2e_database) == expected
 
     # Scaled up at once on the backlog, with the numbers behind it, and pods really served.
@@ -92,18 +80,13 @@ def test_a_scraped_season_is_stored_scaled_and_dead_lettered(
     assert up is not None, scaled
     assert int(up.group(1)) > 1
     assert int(up.group(2)) > 0
-    assert peak.ready >= 2, f"at most {peak.ready} worker pods were ready"
+    assert watch.peak_ready >= 2, f"at most {watch.peak_ready} worker pods were ready"
 
-    def drained() -> dict[str, int] | None:
-        peak.observe(pipeline)
-        backlog: dict[str, int] = pipeline.status().get("backlog", {})
-        return backlog if backlog.get("ready") == backlog.get("unacked") == 0 else None
-
-    backlog = wait_for(drained, "the backlog drained in status", 60, pipeline.diagnose)
-    assert backlog["deadLettered"] == SEASON.invalid
+    drained = watch.until(lambda s: s.drained, "the backlog drained in status", 60)
+    assert drained.backlog["deadLettered"] == SEASON.invalid
 
     # Down again after the scale-down delay, one step at a time, to no pod at all.
-    wait_for(lambda: pipeline.workers() == (0, 0), "workers scaled to zero", 90, pipeline.diagnose)
+    watch.until(lambda s: s.desired == s.ready == 0, "workers scaled to zero", 90)
     down = [m for m in pipeline.scaled() if m.startswith("Scaled workers 1 → 0")]
     assert down, pipeline.scaled()
     assert "scale-down delay 5s" in down[-1]
@@ -163,12 +146,8 @@ def test_a_legacy_celery_producer_publishes_into_the_managed_queue(
             )
 
     expected = season.final_state()
-    wait_for(
-        lambda: stored_count(e2e_database) == len(expected),
-        f"{len(expected)} matches stored",
-        180,
-        pipeline.diagnose,
-    )
+    watch = Watch(pipeline, e2e_database)
+    watch.until(lambda s: s.stored == len(expected), f"{len(expected)} matches stored", 180)
     assert stored_matches(e2e_database) == expected
     assert any(m.startswith("Scaled workers 0 → ") for m in pipeline.scaled())
     topology = pipeline.condition("TopologyReady")
