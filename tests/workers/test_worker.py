@@ -329,6 +329,22 @@ def test_sigterm_during_a_slow_write_waits_for_the_commit(
     assert match_count(database) >= 100
 
 
+def test_heartbeats_continue_while_a_slow_batch_is_written(
+    start_worker: StartWorker, vhost: Vhost, database: str
+) -> None:
+    # With 2 s heartbeats the broker drops a silent connection after about 4 s; each write
+    # below takes 6 s.
+    slow_writes(database, seconds=6.0)
+    worker = start_worker(url=f"{vhost.url}?heartbeat=2")
+    vhost.publish("matches", "matches", encode([{**MATCH, "external_match_id": "m1"}]))
+    wait_handled(worker, 1, timeout=60)
+    vhost.publish("matches", "matches", encode([{**MATCH, "external_match_id": "m2"}]))
+    wait_handled(worker, 2, timeout=60)
+    assert worker.counter("matchops_worker_broker_connections_total") == 1
+    assert match_count(database) == 2
+    assert "reconnecting" not in worker.log
+
+
 @pytest.mark.parametrize("task", CELERY_TASKS)
 def test_celery_producers_are_accepted(
     start_worker: StartWorker, vhost: Vhost, database: str, task: str
