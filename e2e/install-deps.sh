@@ -8,6 +8,8 @@ packages=(
   rabbitmq-server postgresql
   containerd runc containernetworking-plugins podman buildah debootstrap
   iptables conntrack iproute2 socat
+  # the node's pause image is a static C program compiled here
+  gcc libc6-dev
 )
 
 missing=()
