@@ -153,10 +153,6 @@ class Worker:
         """Ask the worker to finish the batch in hand and return (safe in a signal handler)."""
         self._stopping = True
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
     def run(self) -> None:
         """Consume until stopped, reconnecting to the broker with backoff when it goes away."""
         backoff = Backoff()

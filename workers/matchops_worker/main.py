@@ -106,8 +106,14 @@ def run_worker() -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    worker.run()
-    server.shutdown()
+    try:
+        worker.run()
+    except Exception:
+        # Unacknowledged messages go back to the queue when the process exits.
+        log.exception("worker failed")
+        return 1
+    finally:
+        server.shutdown()
     log.info("worker stopped")
     return 0
 
