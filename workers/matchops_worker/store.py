@@ -17,7 +17,6 @@ from typing import Any, Final, Literal
 
 import orjson
 import psycopg
-import psycopg.errors
 
 from matchops_worker.batch import Collapsed, Outcome, collapse
 from matchops_worker.contract import STATUS_RANK, MatchReport, name_key
