@@ -1,0 +1,384 @@
+"""Running fault scenarios: publish a workload, drive real workers, account for every message.
+
+`WorkerPool` runs real `matchops-worker` processes and can SIGKILL and replace them.
+`Progress` samples how many messages the live workers have settled, to time recoveries.
+`account` compares what PostgreSQL and the dead-letter queue hold with what was published and
+names every message that is missing, duplicated or in the wrong place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from matchops_devenv.broker_tools import Message, Vhost
+from matchops_devenv.procs import ServiceError
+from matchops_devenv.worker import WorkerProcess
+from matchops_worker.durations import format_duration
+from matchops_worker.topology import Topology, build_topology, declare
+
+from .workload import Identity, MatchState, Outgoing, Workload
+
+QUEUE = "matches"
+SETTLED = ("created", "updated", "unchanged", "stale", "superseded", "dead_lettered")
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ServiceError):
+            if check():
+                return
+        time.sleep(interval)
+    raise AssertionError(f"{what}: not reached within {timeout:.0f}s")
+
+
+def wait_for_backlog(vhost: Vhost, queue: str, at_most: int, timeout: float = 300) -> None:
+    """Wait until at most `at_most` messages are ready in a queue."""
+    wait_until(lambda: vhost.depth(queue) <= at_most, timeout, f"{queue} down to {at_most}")
+
+
+def topology(retry_delays: Iterable[str] = ("10s", "1m", "5m")) -> Topology:
+    return build_topology(QUEUE, retry_delays=tuple(retry_delays))
+
+
+def fill(vhost: Vhost, messages: Sequence[Outgoing], layout: Topology) -> None:
+    """Declare the topology, publish persistent messages to a queue nobody consumes yet, and
+    check that it holds them all.
+
+    The count check replaces a publisher confirm per message, which would make filling a
+    queue with tens of thousands of messages take minutes on a shared machine.
+    """
+    with vhost.channel() as channel:
+        declare(channel, layout)
+        waiting = channel.queue_declare(layout.queue, passive=True).method.message_count
+        for message in messages:
+            channel.basic_publish(
+                layout.exchange, layout.routing_keys[0], message.body, message.properties()
+            )
+    expected = waiting + len(messages)
+    depth = vhost.wait_for_depth(layout.queue, expected, timeout=120)
+    assert depth == expected, f"the queue holds {depth} messages, {expected} were published"
+
+
+def publish(vhost: Vhost, messages: Iterable[Outgoing], layout: Topology) -> None:
+    """Publish persistent messages with a publisher confirm each (workers may be consuming)."""
+    with vhost.channel() as channel:
+        channel.confirm_delivery()
+        for message in messages:
+            channel.basic_publish(
+                layout.exchange,
+                layout.routing_keys[0],
+                message.body,
+                message.properties(),
+                mandatory=True,
+            )
+
+
+# --- workers -------------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerPool:
+    """Real `matchops-worker` processes on one virtual host and database."""
+
+    state_dir: Path
+    amqp_url: str
+    dsn: str
+    layout: Topology
+    settings: Mapping[str, str] = field(default_factory=dict)
+    workers: list[WorkerProcess] = field(default_factory=list)
+    kills: int = 0
+    # Seconds from each SIGKILL until its replacement consumed.
+    replacements: list[float] = field(default_factory=list)
+    _started: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _starting: list[threading.Thread] = field(default_factory=list)
+    _failures: list[ServiceError] = field(default_factory=list)
+
+    def start(self, count: int) -> None:
+        """Start `count` workers and wait until each consumes."""
+        for _ in range(count):
+            worker = self._worker()
+            worker.start(timeout=120)
+            with self._lock:
+                self.workers.append(worker)
+
+    def _worker(self) -> WorkerProcess:
+        with self._lock:
+            number, self._started = self._started, self._started + 1
+        return WorkerProcess(
+            self.state_dir,
+            self.amqp_url,
+            self.dsn,
+            {
+                "MATCHOPS_LOG_LEVEL": "warning",
+                "MATCHOPS_QUEUE": self.layout.queue,
+                "MATCHOPS_RETRY_DELAYS": ",".join(
+                    format_duration(delay) for delay in self.layout.retry_delays
+                ),
+                **self.settings,
+            },
+            name=f"worker-{number}",
+        )
+
+    def kill_one(self, rng: random.Random) -> None:
+        """SIGKILL a random worker; a replacement starts in the background, as a pod would."""
+        with self._lock:
+            victim = self.workers.pop(rng.randrange(len(self.workers)))
+        killed = time.monotonic()
+        victim.kill()
+        self.kills += 1
+        thread = threading.Thread(target=self._replace, args=(killed,), daemon=True)
+        thread.start()
+        self._starting.append(thread)
+
+    def _replace(self, killed: float) -> None:
+        worker = self._worker()
+        with self._lock:
+            self.workers.append(worker)
+        try:
+            worker.start(timeout=120)
+        except ServiceError as exc:
+            with self._lock:
+                if worker in self.workers:
+                    self._failures.append(exc)
+            return  # otherwise it was killed while starting, and replaced in turn
+        self.replacements.append(time.monotonic() - killed)
+
+    def wait_started(self) -> None:
+        """Wait for every replacement to consume; fail if one could not start."""
+        for thread in self._starting:
+            thread.join()
+        self._starting = []
+        if self._failures:
+            raise self._failures[0]
+
+    def handled(self) -> float:
+        """Messages the live workers have settled (stored, skipped or dead-lettered)."""
+        total = 0.0
+        with self._lock:
+            workers = list(self.workers)
+        for worker in workers:
+            with contextlib.suppress(ServiceError):
+                metrics = worker.metrics()
+                total += sum(
+                    metrics.get(f'matchops_worker_messages_total{{outcome="{name}"}}', 0.0)
+                    for name in SETTLED
+                )
+        return total
+
+    def counter(self, name: str, **labels: str) -> float:
+        total = 0.0
+        with self._lock:
+            workers = list(self.workers)
+        for worker in workers:
+            with contextlib.suppress(ServiceError):
+                total += worker.counter(name, **labels)
+        return total
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {w.service.name}\n{w.log}" for w in self.workers)
+
+    def stop(self) -> list[int | None]:
+        """SIGTERM every worker (each finishes its batch); their exit codes."""
+        self.wait_started()
+        codes = [worker.stop(timeout=60) for worker in self.workers]
+        self.workers = []
+        return codes
+
+
+# --- progress and recovery -----------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """Samples the pool's settled-message count in the background, to measure throughput."""
+
+    pool: WorkerPool
+    interval: float = 0.2
+    samples: list[tuple[float, float]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> Progress:
+        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.samples.append((time.monotonic(), self.pool.handled()))
+
+    def rate(self, start: float, end: float) -> float:
+        """Messages per second settled between two moments (monotonic clock)."""
+        inside = [(t, n) for t, n in self.samples if start <= t <= end]
+        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+            return 0.0
+        return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+
+    def recovered_after(self, moment: float, rate: float, window: float = 1.0) -> float | None:
+        """Seconds after `moment` until a `window` of settling reached half of `rate`."""
+        for t, _ in self.samples:
+            if t >= moment + window and self.rate(t - window, t) >= rate / 2:
+                return t - moment
+        return None
+
+
+# --- accounting ----------------------------------------------------------------------------
+
+_STORED = """
+SELECT m.external_match_id, s.name, a.name, h.name, w.name, m.match_date::text,
+       m.status, m.home_score, m.away_score
+FROM matches m
+LEFT JOIN seasons s ON s.id = m.season_id
+LEFT JOIN age_groups a ON a.id = m.age_group_id
+LEFT JOIN teams h ON h.id = m.home_team_id
+LEFT JOIN teams w ON w.id = m.away_team_id
+"""
+
+
+def stored_matches(dsn: str) -> list[tuple[Identity, MatchState]]:
+    """Every stored match: its identity and state, references resolved to names."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(_STORED).fetchall()
+    matches = []
+    for external, season, age_group, home, away, match_date, status, home_score, away_score in rows:
+        key: Identity = (
+            ("external", external)
+            if external is not None
+            else ("natural", season, age_group, home, away, match_date)
+        )
+        matches.append(
+            (
+                key,
+                MatchState(
+                    season, age_group, home, away, match_date, status, home_score, away_score
+                ),
+            )
+        )
+    return matches
+
+
+def reference_counts(dsn: str) -> dict[str, tuple[int, int]]:
+    """Per reference table: rows and distinct names (equal unless a name was created twice)."""
+    counts = {}
+    with psycopg.connect(dsn) as conn:
+        for table in ("teams", "seasons", "age_groups", "divisions"):
+            row = conn.execute(
+                f"SELECT count(*), count(DISTINCT lower(name)) FROM {table}"  # noqa: S608
+            ).fetchone()
+            assert row is not None
+            counts[table] = (int(row[0]), int(row[1]))
+    return counts
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Where every published message ended up."""
+
+    messages_in: int
+    stored: int  # valid messages whose match holds its final state
+    dead_lettered: int  # distinct messages in the dead-letter queue
+    lost: int  # valid messages whose match is missing or stale, poison not dead-lettered
+    duplicated: int  # rows beyond one per match, and rows no message asked for
+    dead_letter_repeats: int  # extra copies of a message in the dead-letter queue
+    valid_dead_lettered: list[str]
+    wrong_reasons: dict[str, str]
+    missing_poison: list[str]
+    wrong_matches: dict[Identity, tuple[MatchState | None, MatchState]]
+    reasons: dict[str, int]  # dead letters by reason
+
+    def problems(self) -> str:
+        """A readable list of what is wrong, for assertion messages."""
+        matches = dict(list(self.wrong_matches.items())[:5])
+        reasons = dict(list(self.wrong_reasons.items())[:5])
+        return (
+            f"lost {self.lost}, duplicated {self.duplicated}, valid dead-lettered "
+            f"{self.valid_dead_lettered[:5]}, wrong reasons {reasons}, poison missing "
+            f"{self.missing_poison[:5]}, wrong matches (stored, expected) {matches}"
+        )
+
+
+def account(workload: Workload, dsn: str, dead: list[Message]) -> Tally:
+    """Compare the database and the dead-letter queue with what was published."""
+    stored = stored_matches(dsn)
+    by_identity: dict[Identity, MatchState] = {}
+    for key, match in stored:
+        by_identity.setdefault(key, match)
+    duplicated = len(stored) - len(by_identity)
+    duplicated += sum(1 for key in by_identity if key not in workload.final)
+    wrong = {
+        key: (by_identity.get(key), expected)
+        for key, expected in workload.final.items()
+        if by_identity.get(key) != expected
+    }
+    lost_valid = sum(1 for key in workload.reports.values() if key in wrong)
+
+    seen = Counter(message.properties.message_id for message in dead)
+    wrong_reasons = {
+        str(m.properties.message_id): str(m.headers.get("x-matchops-reason"))
+        for m in dead
+        if m.properties.message_id in workload.poison
+        and m.headers.get("x-matchops-reason") != workload.poison[m.properties.message_id]
+    }
+    missing_poison = sorted(set(workload.poison) - set(seen))
+    valid_dead = sorted(str(mid) for mid in seen if mid not in workload.poison)
+    return Tally(
+        messages_in=len(workload.messages),
+        stored=len(workload.reports) - lost_valid,
+        dead_lettered=len(seen),
+        lost=lost_valid + len(missing_poison),
+        duplicated=duplicated,
+        dead_letter_repeats=sum(count - 1 for count in seen.values()),
+        valid_dead_lettered=valid_dead,
+        wrong_reasons=wrong_reasons,
+        missing_poison=missing_poison,
+        wrong_matches=wrong,
+        reasons=dict(Counter(str(m.headers.get("x-matchops-reason")) for m in dead)),
+    )
+
+
+def settled(workload: Workload, dsn: str, vhost: Vhost, layout: Topology) -> bool:
+    """Every match in its final state, every poison message dead-lettered, no message waiting."""
+    if vhost.depth(layout.dead_letter_queue) < len(workload.poison):
+        return False
+    waiting = (q.name for q in layout.queues if q.name != layout.dead_letter_queue)
+    if any(vhost.depth(name) for name in waiting):
+        return False
+    stored = dict(stored_matches(dsn))
+    return all(stored.get(key) == expected for key, expected in workload.final.items())
+
+
+def drain(
+    workload: Workload,
+    dsn: str,
+    vhost: Vhost,
+    layout: Topology,
+    pool: WorkerPool,
+    timeout: float,
+) -> Tally:
+    """Wait for the workload to settle (or time out), stop the workers, and account."""
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: settled(workload, dsn, vhost, layout), timeout, "settled", 0.5)
+    codes = pool.stop()
+    assert all(code == 0 for code in codes), f"workers exited with {codes}"
+    return account(workload, dsn, vhost.take(layout.dead_letter_queue))
+
+
+def iter_thresholds(total: int, count: int, rng: random.Random) -> Iterator[int]:
+    """`count` random backlog sizes between 90 % and 10 % of `total`, largest first."""
+    points = (rng.randint(total // 10, total * 9 // 10) for _ in range(count))
+    yield from sorted(points, reverse=True)

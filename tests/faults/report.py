@@ -1,0 +1,23 @@
+"""One row of the fault report (bench/faults.py renders the rows as the table in docs/faults.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What one fault scenario did to the messages published into it."""
+
+    scenario: str
+    messages_in: int
+    stored: int
+    dead_lettered: int
+    lost: int
+    duplicated: int
+    recovery: str
+    notes: str = ""
+
+
+def seconds(value: float | None) -> str:
+    return "not reached" if value is None else f"{value:.1f} s"
