@@ -175,6 +175,9 @@ class WorkerPool:
                 )
         return total
 
+    def wait_handled(self, count: int, timeout: float = 60) -> None:
+        wait_until(lambda: self.handled() >= count, timeout, f"{count} messages handled")
+
     def counter(self, name: str, **labels: str) -> float:
         total = 0.0
         with self._lock:
@@ -351,15 +354,35 @@ def account(workload: Workload, dsn: str, dead: list[Message]) -> Tally:
     )
 
 
-def settled(workload: Workload, dsn: str, vhost: Vhost, layout: Topology) -> bool:
-    """Every match in its final state, every poison message dead-lettered, no message waiting."""
-    if vhost.depth(layout.dead_letter_queue) < len(workload.poison):
-        return False
-    waiting = (q.name for q in layout.queues if q.name != layout.dead_letter_queue)
-    if any(vhost.depth(name) for name in waiting):
-        return False
-    stored = dict(stored_matches(dsn))
-    return all(stored.get(key) == expected for key, expected in workload.final.items())
+@dataclass
+class Watch:
+    """Whether a workload has settled, or stopped moving short of it."""
+
+    workload: Workload
+    dsn: str
+    vhost: Vhost
+    layout: Topology
+    quiet: float = 15.0
+    _last: tuple[object, ...] = ()
+    _since: float = field(default_factory=time.monotonic)
+
+    def done(self) -> bool:
+        """Settled: every match in its final state, all poison dead-lettered, nothing waiting.
+        Stuck: nothing waiting and nothing changed for `quiet` seconds."""
+        depths = {queue.name: self.vhost.depth(queue.name) for queue in self.layout.queues}
+        dead = depths.pop(self.layout.dead_letter_queue)
+        waiting = sum(depths.values())
+        stored = dict(stored_matches(self.dsn))
+        if (
+            not waiting
+            and dead >= len(self.workload.poison)
+            and all(stored.get(key) == want for key, want in self.workload.final.items())
+        ):
+            return True
+        now = (dead, waiting, tuple(sorted(stored.items())))
+        if now != self._last:
+            self._last, self._since = now, time.monotonic()
+        return not waiting and time.monotonic() - self._since > self.quiet
 
 
 def drain(
@@ -370,9 +393,11 @@ def drain(
     pool: WorkerPool,
     timeout: float,
 ) -> Tally:
-    """Wait for the workload to settle (or time out), stop the workers, and account."""
+    """Wait for the workload to settle (or get stuck, or time out), stop the workers, and
+    account for every message."""
+    watch = Watch(workload, dsn, vhost, layout)
     with contextlib.suppress(AssertionError):
-        wait_until(lambda: settled(workload, dsn, vhost, layout), timeout, "settled", 0.5)
+        wait_until(watch.done, timeout, "settled", 0.5)
     codes = pool.stop()
     assert all(code == 0 for code in codes), f"workers exited with {codes}"
     return account(workload, dsn, vhost.take(layout.dead_letter_queue))
