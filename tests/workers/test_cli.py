@@ -22,10 +22,13 @@ MATCH: dict[str, Any] = {
 
 
 def matchops(
-    *args: str, url: str | None = None, stdin: bytes | None = None
+    *args: str,
+    url: str | None = None,
+    stdin: bytes | None = None,
+    settings: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     script = Path(sys.executable).with_name("matchops")
-    env = {"PATH": "/usr/bin:/bin", "MATCHOPS_QUEUE_TYPE": "classic"}
+    env = {"PATH": "/usr/bin:/bin", "MATCHOPS_QUEUE_TYPE": "classic", **(settings or {})}
     if url:
         env["MATCHOPS_AMQP_URL"] = url
     return subprocess.run(
@@ -141,3 +144,25 @@ def test_publish_to_an_exchange_without_the_queue_explains(vhost: Vhost, tmp_pat
     result = matchops("publish", "--exchange", "orphans", str(path), url=vhost.url)
     assert result.returncode == 1
     assert "routes 'matches' to no queue" in result.stderr
+
+
+@pytest.mark.integration
+def test_publishes_where_the_operator_tells_its_scraper(vhost: Vhost) -> None:
+    # The scraper CronJob's environment: exchange, queue and the one routing key to use.
+    topology = build_topology(
+        "u14", exchange="mlsnext", routing_keys=["mlsnext.u14"], queue_type="classic"
+    )
+    with vhost.channel() as channel:
+        declare(channel, topology)
+    settings = {
+        "MATCHOPS_EXCHANGE": "mlsnext",
+        "MATCHOPS_QUEUE": "u14",
+        "MATCHOPS_ROUTING_KEY": "mlsnext.u14",
+    }
+    result = matchops(
+        "sample-season", "--publish", "--teams", "4", url=vhost.url, settings=settings
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["exchange"], summary["routing_key"]) == ("mlsnext", "mlsnext.u14")
+    assert vhost.depth("u14") == summary["published"] == 12 + 6

@@ -77,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _broker_options(parser: argparse.ArgumentParser) -> None:
     queue = os.environ.get("MATCHOPS_QUEUE") or "matches"
     keys = [k.strip() for k in os.environ.get("MATCHOPS_ROUTING_KEYS", "").split(",") if k.strip()]
+    # The operator's scraper CronJob names the one key to publish with in MATCHOPS_ROUTING_KEY.
+    routing_key = os.environ.get("MATCHOPS_ROUTING_KEY") or (keys[0] if keys else None)
     parser.add_argument(
         "--url",
         default=os.environ.get("MATCHOPS_AMQP_URL"),
@@ -92,8 +94,9 @@ def _broker_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--routing-key",
-        default=keys[0] if keys else None,
-        help="routing key (default: first of $MATCHOPS_ROUTING_KEYS, else the queue name)",
+        default=routing_key,
+        help="routing key (default: $MATCHOPS_ROUTING_KEY, else the first of "
+        "$MATCHOPS_ROUTING_KEYS, else the queue name)",
     )
     parser.add_argument(
         "--celery", action="store_true", help="publish as Celery protocol-2 task messages"
