@@ -387,13 +387,16 @@ class Watch:
     dsn: str
     peak_desired: int = 0
     peak_ready: int = 0
+    # Consumers on the queue, as the operator's polls saw them: workers that really served.
+    peak_consumers: int = 0
     seen: set[str] = field(default_factory=set)
 
     def look(self) -> Snapshot:
         desired, ready = self.pipeline.workers()
+        backlog = self.pipeline.status().get("backlog", {})
         self.peak_desired = max(self.peak_desired, desired)
         self.peak_ready = max(self.peak_ready, ready)
-        backlog = self.pipeline.status().get("backlog", {})
+        self.peak_consumers = max(self.peak_consumers, int(backlog.get("consumers", 0)))
         return Snapshot(stored_count(self.dsn), backlog, desired, ready)
 
     def new_events(self) -> list[dict[str, Any]]:
