@@ -164,14 +164,13 @@ def _pipeline(pipeline: Pipeline, season: Season, broker: RabbitMQ, dsn: str) ->
     print(pipeline.table("-o", "wide"))
 
     say(f"kubectl create job --from=cronjob/{NAME}-scraper scrape-now")
-    seconds = pipeline.run_scraper("scrape-now")
-    published = pipeline.kubectl("logs", "job/scrape-now", "--tail=1").strip()
-    say(f"the scraper Job finished in {seconds:.0f}s: {published}")
-
+    pipeline.start_scraper("scrape-now")
     expected = season.final_state()
     watch = Watch(pipeline, dsn)
-    say("following the pipeline: backlog and workers as the operator sees them, and its Events")
+    say("following the pipeline: backlog and workers as the operator reports them, its Events")
+    show = Progress()
     watch.until(lambda s: s.stored == len(expected) and s.drained, "the season stored", 300, show)
+    say(f"the scraper Job published: {pipeline.finish_scraper('scrape-now')}")
     watch.until(
         lambda s: s.desired == s.ready == 0,
         f"workers scaled down after the {SCALE_DOWN_DELAY}s scale-down delay",
@@ -190,17 +189,24 @@ def _pipeline(pipeline: Pipeline, season: Season, broker: RabbitMQ, dsn: str) ->
     return 0 if stored == expected else 1
 
 
-def show(snapshot: Snapshot, events: list[dict[str, Any]]) -> None:
-    """One line per change of what the operator reports, then its new Events."""
-    backlog = snapshot.backlog
-    print(
-        f"  backlog {backlog.get('ready', '?'):>4} ready {backlog.get('unacked', '?'):>4} unacked"
-        f"   dead-lettered {backlog.get('deadLettered', '?'):>2}"
-        f"   workers {snapshot.ready}/{snapshot.desired}   stored {snapshot.stored}",
-        flush=True,
-    )
-    for event in events:
-        print(f"  event {event['type']} {event['reason']}: {event['message']}", flush=True)
+class Progress:
+    """Prints a line when what the operator reports changes, then each new Event."""
+
+    def __init__(self) -> None:
+        self.last = ""
+
+    def __call__(self, snapshot: Snapshot, events: list[dict[str, Any]]) -> None:
+        backlog = snapshot.backlog
+        line = (
+            f"  backlog {backlog.get('ready', '?'):>4} ready {backlog.get('unacked', '?'):>4} "
+            f"unacked   dead-lettered {backlog.get('deadLettered', '?'):>2}   "
+            f"workers {snapshot.ready}/{snapshot.desired}   stored {snapshot.stored}"
+        )
+        if line != self.last:
+            print(line, flush=True)
+            self.last = line
+        for event in events:
+            print(f"  event {event['type']} {event['reason']}: {event['message']}", flush=True)
 
 
 def print_stored(stored: dict[str, MatchState], expected: dict[str, MatchState]) -> None:

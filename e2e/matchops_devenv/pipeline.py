@@ -341,9 +341,8 @@ class Pipeline:
 
     # --- the scraper ------------------------------------------------------------------------
 
-    def run_scraper(self, job: str, timeout: float = 180.0) -> float:
-        """Run the scraper CronJob now as Job `job` and wait for it; returns its seconds."""
-        started = time.monotonic()
+    def start_scraper(self, job: str) -> None:
+        """Run the scraper CronJob now, as Job `job` (what `kubectl create job --from` does)."""
         wait_for(
             lambda: self.target.exists("cronjob", f"{self.name}-scraper", "-n", self.namespace),
             f"the operator to create cronjob/{self.name}-scraper",
@@ -352,16 +351,19 @@ class Pipeline:
         )
         self.kubectl("create", "job", job, f"--from=cronjob/{self.name}-scraper")
 
+    def finish_scraper(self, job: str, timeout: float = 180.0) -> str:
+        """Wait for the scraper Job to succeed; returns its last log line (what it published)."""
+
         def finished() -> str | None:
             conditions = self.get("job", job).get("status", {}).get("conditions", [])
             done = {c["type"] for c in conditions if c["status"] == "True"}
             return next(iter(done & {"Complete", "Failed"}), None)
 
         outcome = wait_for(finished, f"job/{job} to finish", timeout, diagnose=self.diagnose)
+        log = self.kubectl("logs", f"job/{job}", "--tail=40", check=False)
         if outcome != "Complete":
-            log = self.kubectl("logs", f"job/{job}", "--tail=40", check=False)
             raise PipelineError(f"the scraper job/{job} failed:\n{log}\n{self.diagnose()}")
-        return time.monotonic() - started
+        return log.strip().splitlines()[-1] if log.strip() else ""
 
 
 @dataclass(frozen=True)
@@ -412,16 +414,12 @@ class Watch:
         timeout: float,
         report: Callable[[Snapshot, list[dict[str, Any]]], None] | None = None,
     ) -> Snapshot:
-        """Look until `goal` holds; `report` hears of each look that changed something."""
-        last: list[Snapshot] = []
+        """Look until `goal` holds; `report` hears of each look, with the Events since the last."""
 
         def reached() -> Snapshot | None:
             snapshot = self.look()
             if report is not None:
-                events = self.new_events()
-                if events or not last or snapshot != last[-1]:
-                    report(snapshot, events)
-            last[:] = [snapshot]
+                report(snapshot, self.new_events())
             return snapshot if goal(snapshot) else None
 
         return wait_for(reached, what, timeout, self.pipeline.diagnose)
@@ -448,7 +446,7 @@ def scraped_ingestion(
     """A MatchIngestion whose scraper is the project image's sample producer.
 
     The scraper runs daily, twelve hours from now: never by itself during a run, which starts
-    it with `run_scraper`.
+    it with `start_scraper`.
     """
     hour = (time.gmtime().tm_hour + 12) % 24
     return {

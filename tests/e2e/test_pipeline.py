@@ -8,6 +8,7 @@ database, the dead-letter queue, `kubectl get` / `describe`, Events.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 
@@ -68,11 +69,15 @@ def test_a_scraped_season_is_stored_scaled_and_dead_lettered(
     pipeline.wait("Ready")
     assert pipeline.workers() == (0, 0), "an idle pipeline runs no workers"
 
-    pipeline.run_scraper("scrape-now")
+    pipeline.start_scraper("scrape-now")
     expected = SEASON.final_state()
     watch = Watch(pipeline, e2e_database)
     watch.until(lambda s: s.stored == len(expected), f"{len(expected)} matches stored", 240)
     assert stored_matches(e2e_database) == expected
+    # The scraper published the season where the operator told it to.
+    published = json.loads(pipeline.finish_scraper("scrape-now"))
+    assert published["published"] == SEASON.message_count()
+    assert (published["exchange"], published["routing_key"]) == ("mlsnext", "mlsnext.u14")
 
     # Scaled up at once on the backlog, with the numbers behind it.
     scaled = pipeline.scaled()
