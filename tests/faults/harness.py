@@ -232,6 +232,13 @@ class Progress:
             return 0.0
         return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
 
+    def steady_rate(self, total: int, low: float = 0.2, high: float = 0.8) -> float:
+        """Messages per second while settling the `low`..`high` share of `total`: the workers'
+        pace once all of them run, before the backlog runs dry."""
+        start = next(t for t, n in self.samples if n >= total * low)
+        end = next(t for t, n in self.samples if n >= total * high)
+        return self.rate(start, end)
+
     def recovered_after(self, moment: float, rate: float, window: float = 1.0) -> float | None:
         """Seconds after `moment` until a `window` of settling reached half of `rate`."""
         for t, _ in self.samples:
@@ -303,6 +310,7 @@ class Tally:
     missing_poison: list[str]
     wrong_matches: dict[Identity, tuple[MatchState | None, MatchState]]
     reasons: dict[str, int]  # dead letters by reason
+    unexplained: list[str]  # dead letters without the error text a person reads
 
     def problems(self) -> str:
         """A readable list of what is wrong, for assertion messages."""
@@ -351,6 +359,9 @@ def account(workload: Workload, dsn: str, dead: list[Message]) -> Tally:
         missing_poison=missing_poison,
         wrong_matches=wrong,
         reasons=dict(Counter(str(m.headers.get("x-matchops-reason")) for m in dead)),
+        unexplained=[
+            str(m.properties.message_id) for m in dead if not m.headers.get("x-matchops-error")
+        ],
     )
 
 
@@ -385,22 +396,38 @@ class Watch:
         return not waiting and time.monotonic() - self._since > self.quiet
 
 
+def settle(
+    workload: Workload,
+    dsn: str,
+    vhost: Vhost,
+    layout: Topology,
+    timeout: float = 300,
+    quiet: float = 15.0,
+) -> None:
+    """Wait until the workload has settled, got stuck, or the time is up."""
+    watch = Watch(workload, dsn, vhost, layout, quiet)
+    with contextlib.suppress(AssertionError):
+        wait_until(watch.done, timeout, "settled", 0.5)
+
+
+def finish(workload: Workload, dsn: str, vhost: Vhost, layout: Topology, pool: WorkerPool) -> Tally:
+    """Stop the workers (each finishes its batch) and account for every message."""
+    codes = pool.stop()
+    assert all(code == 0 for code in codes), f"workers exited with {codes}"
+    return account(workload, dsn, vhost.take(layout.dead_letter_queue))
+
+
 def drain(
     workload: Workload,
     dsn: str,
     vhost: Vhost,
     layout: Topology,
     pool: WorkerPool,
-    timeout: float,
+    timeout: float = 300,
 ) -> Tally:
-    """Wait for the workload to settle (or get stuck, or time out), stop the workers, and
-    account for every message."""
-    watch = Watch(workload, dsn, vhost, layout)
-    with contextlib.suppress(AssertionError):
-        wait_until(watch.done, timeout, "settled", 0.5)
-    codes = pool.stop()
-    assert all(code == 0 for code in codes), f"workers exited with {codes}"
-    return account(workload, dsn, vhost.take(layout.dead_letter_queue))
+    """Settle, then stop the workers and account."""
+    settle(workload, dsn, vhost, layout, timeout)
+    return finish(workload, dsn, vhost, layout, pool)
 
 
 def iter_thresholds(total: int, count: int, rng: random.Random) -> Iterator[int]:

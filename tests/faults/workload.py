@@ -124,7 +124,7 @@ def season_stream(count: int, seed: int = 2025) -> list[dict[str, Any]]:
             season=season,
             age_groups=(age_group,),
             divisions=DIVISIONS,
-            teams_per_division=16,
+            teams_per_division=18,
             seed=seed + number,
         )
         for number, (season, age_group) in enumerate((s, a) for s in SEASONS for a in AGE_GROUPS)

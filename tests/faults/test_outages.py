@@ -1,0 +1,204 @@
+"""The broker restarted and the database stopped mid-stream: workers wait and reconnect, nothing
+is lost, nothing is dead-lettered for a passing cause, and throughput comes back.
+
+Each scenario stops a server of its own (not the session's shared ones) and measures the time
+from the server's return until the workers settle messages at half their earlier pace again.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from matchops_devenv.broker_tools import Vhost
+from matchops_devenv.postgres import PostgreSQL
+from matchops_devenv.rabbitmq import RabbitMQ
+from matchops_worker.store import migrate
+
+from .harness import (
+    QUEUE,
+    Progress,
+    Tally,
+    WorkerPool,
+    fill,
+    finish,
+    settle,
+    topology,
+    wait_until,
+)
+from .report import Figures, seconds
+from .workload import build
+
+pytestmark = pytest.mark.integration
+
+WORKERS = 3
+# Retries far shorter than the database outages below: a worker must hold messages while the
+# database is away rather than burn through the retry delays and dead-letter them.
+RETRY_DELAYS = ("1s", "2s")
+# Seconds all workers consume before a fault, to measure their pace.
+STEADY = 1.5
+
+
+@pytest.fixture(scope="module")
+def own_broker() -> Iterator[RabbitMQ]:
+    """A broker of this module's own, to restart."""
+    with RabbitMQ() as broker:
+        yield broker
+
+
+@pytest.fixture(scope="module")
+def own_postgres() -> Iterator[PostgreSQL]:
+    """A database server of this module's own, to stop."""
+    with PostgreSQL(fsync=False) as server:
+        yield server
+
+
+@pytest.fixture
+def own_database(own_postgres: PostgreSQL) -> str:
+    dsn = own_postgres.create_database(f"faults_{uuid.uuid4().hex[:10]}")
+    migrate(dsn)
+    return dsn
+
+
+def outage_figures(
+    scenario: str,
+    tally: Tally,
+    progress: Progress,
+    fault: tuple[float, float],
+    notes: str,
+) -> Figures:
+    """The row for an outage from `fault[0]` to `fault[1]` (monotonic clock)."""
+    began, ended = fault
+    before = progress.rate(began - STEADY, began)
+    recovered = progress.recovered_after(ended, before)
+    after = progress.rate(ended + recovered, ended + recovered + 2) if recovered else 0.0
+    return Figures(
+        scenario=scenario,
+        messages_in=tally.messages_in,
+        stored=tally.stored,
+        dead_lettered=tally.dead_lettered,
+        lost=tally.lost,
+        duplicated=tally.duplicated,
+        recovery=seconds(recovered),
+        notes=f"{notes}; {before:,.0f} msg/s before, {after:,.0f} msg/s after",
+    )
+
+
+def start_steadily(pool: WorkerPool, vhost: Vhost, total: int) -> None:
+    """Start the workers; return once all of them have consumed together for a while, so that
+    the pace before a fault is their steady one."""
+    pool.start(WORKERS)
+    time.sleep(STEADY)
+    assert vhost.depth(QUEUE) > total // 3, "the backlog ran low before the fault"
+
+
+def assert_nothing_lost(tally: Tally) -> None:
+    assert tally.lost == 0, tally.problems()
+    assert tally.duplicated == 0, tally.problems()
+    assert tally.dead_lettered == 0, f"dead-lettered for a passing cause: {tally.reasons}"
+
+
+@pytest.mark.parametrize(
+    "valid",
+    [
+        pytest.param(40_000, id="40k-messages"),
+        pytest.param(100_000, id="100k-messages", marks=pytest.mark.slow),
+    ],
+)
+def test_broker_restart_mid_stream(
+    own_broker: RabbitMQ,
+    database: str,
+    tmp_path: Path,
+    fault_report: Callable[[Figures], None],
+    valid: int,
+) -> None:
+    workload = build(valid)
+    layout = topology()
+    name = f"restart-{uuid.uuid4().hex[:8]}"
+    vhost = Vhost(name, own_broker.create_vhost(name))
+    fill(vhost, workload.messages, layout)
+    pool = WorkerPool(tmp_path, vhost.url, database, layout)
+    try:
+        with Progress(pool) as progress:
+            start_steadily(pool, vhost, len(workload.messages))
+            queued = vhost.depth(QUEUE)
+            began = time.monotonic()
+            own_broker.stop()
+            own_broker.start()
+            ended = time.monotonic()
+            wait_until(lambda: all(w.ready() for w in pool.workers), 120, "workers consuming")
+            connections = [
+                w.counter("matchops_worker_broker_connections_total") for w in pool.workers
+            ]
+            settle(workload, database, vhost, layout)
+        tally = finish(workload, database, vhost, layout, pool)
+    finally:
+        pool.stop()
+    fault_report(
+        outage_figures(
+            "RabbitMQ restarted mid-stream",
+            tally,
+            progress,
+            (began, ended),
+            f"stop and start took {ended - began:.0f} s with {queued:,} messages queued (quorum "
+            f"queue, persistent messages); {WORKERS} workers",
+        )
+    )
+    assert_nothing_lost(tally)
+    assert min(connections) >= 2, f"connections opened per worker: {connections}"
+    assert vhost.depth(QUEUE) == 0
+
+
+@pytest.mark.parametrize(
+    ("valid", "outage"),
+    [
+        pytest.param(40_000, 10.0, id="10s-outage"),
+        pytest.param(100_000, 30.0, id="30s-outage", marks=pytest.mark.slow),
+    ],
+)
+def test_database_stopped_mid_stream(
+    own_postgres: PostgreSQL,
+    own_database: str,
+    vhost: Vhost,
+    tmp_path: Path,
+    fault_report: Callable[[Figures], None],
+    valid: int,
+    outage: float,
+) -> None:
+    workload = build(valid)
+    layout = topology(RETRY_DELAYS)
+    fill(vhost, workload.messages, layout)
+    pool = WorkerPool(tmp_path, vhost.url, own_database, layout)
+    try:
+        with Progress(pool) as progress:
+            start_steadily(pool, vhost, len(workload.messages))
+            began = time.monotonic()
+            own_postgres.stop()
+            try:
+                wait_until(lambda: all(not w.ready() for w in pool.workers), 30, "workers unready")
+                time.sleep(max(0.0, outage - (time.monotonic() - began)))
+                retried = pool.counter("matchops_worker_messages_total", outcome="retried")
+            finally:
+                own_postgres.start()
+            ended = time.monotonic()
+            # The workers probe the database with backoff: allow them a minute to notice.
+            settle(workload, own_database, vhost, layout, quiet=60)
+        tally = finish(workload, own_database, vhost, layout, pool)
+    finally:
+        pool.stop()
+    fault_report(
+        outage_figures(
+            f"PostgreSQL stopped for {outage:.0f} s mid-stream",
+            tally,
+            progress,
+            (began, ended),
+            f"retry delays {', '.join(RETRY_DELAYS)} (shorter than the outage); {retried:.0f} "
+            f"messages went through a retry; {WORKERS} workers",
+        )
+    )
+    assert retried > 0, "the outage did not reach the retry path"
+    assert_nothing_lost(tally)
+    assert vhost.depth(QUEUE) == 0
