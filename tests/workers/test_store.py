@@ -120,6 +120,19 @@ def test_older_report_never_overwrites_a_newer_one(db: Store, database: str) -> 
     assert (stored["status"], stored["home_score"]) == ("completed", 3)
 
 
+def test_a_newer_identical_report_moves_only_the_report_time(db: Store, database: str) -> None:
+    # Scheduled, postponed, then scheduled again: the postponement arrives last (it waited in
+    # a retry queue), and is older news than the identical report before it.
+    assert db.write([match(external_match_id="m1", reported_at=at(1))]) == [Outcome.CREATED]
+    before = rows(database, "SELECT updated_at FROM matches")
+    assert db.write([match(external_match_id="m1", reported_at=at(3))]) == [Outcome.UNCHANGED]
+    assert rows(database, "SELECT updated_at FROM matches") == before
+    late = match(external_match_id="m1", reported_at=at(2), match_status="postponed")
+    assert db.write([late]) == [Outcome.STALE]
+    (stored,) = rows(database)
+    assert (stored["status"], stored["reported_at"]) == ("scheduled", datetime.fromisoformat(at(3)))
+
+
 def test_without_report_times_the_status_never_goes_back(db: Store, database: str) -> None:
     assert db.write([match(home_score=1, away_score=0)]) == [Outcome.CREATED]
     assert db.write([match()]) == [Outcome.STALE]

@@ -263,8 +263,8 @@ class Store:
                 raise
             self._known.update((e.table, key) for e in prepared.entities for key in e.keys)
             for group, cursor in cursors:
-                for position, created, same in cursor.fetchall():
-                    outcomes[group[position - 1].position] = _outcome(created, same)
+                for position, created, changed, same in cursor.fetchall():
+                    outcomes[group[position - 1].position] = _outcome(created, changed, same)
         return outcomes
 
     def _session(self) -> _Session:
@@ -302,10 +302,13 @@ class _Session:
             self.store.close()
 
 
-def _outcome(created: bool | None, same: bool | None) -> Outcome:
-    if created is None:
+def _outcome(created: bool | None, changed: bool | None, same: bool | None) -> Outcome:
+    if created is None:  # skipped by the upsert: identical, or older than what is stored
         return Outcome.UNCHANGED if same is not False else Outcome.STALE
-    return Outcome.CREATED if created else Outcome.UPDATED
+    if created:
+        return Outcome.CREATED
+    # Written with the stored data: only the time of the latest report moved.
+    return Outcome.UPDATED if changed else Outcome.UNCHANGED
 
 
 def _failure_kind(exc: psycopg.Error) -> type[RowRejected | RowDeferred] | None:
@@ -468,15 +471,23 @@ def _upsert_sql(kind: Literal["external", "natural"]) -> bytes:
         )
     fields = ", ".join(f"{name} {type_}" for name, type_ in _INPUT)
     columns = ("external_match_id", *_DATA, "reported_at")
+    stored = ", ".join(f"m.{c}" for c in _DATA)
+    changed = f"({stored}) IS DISTINCT FROM ({_merged('excluded', 'm')})"
+    # A report with the stored data but a later report time is written too (its time only):
+    # otherwise an older report arriving after it would find the earlier time and win.
+    later = (
+        "(excluded.reported_at IS NOT NULL "
+        "AND (m.reported_at IS NULL OR excluded.reported_at > m.reported_at))"
+    )
     assignments = ", ".join(
         [
             *(f"{c} = COALESCE(excluded.{c}, m.{c})" for c in _DATA if c in _KEEP_WHEN_ABSENT),
             *(f"{c} = excluded.{c}" for c in _DATA if c not in _KEEP_WHEN_ABSENT),
             "reported_at = GREATEST(excluded.reported_at, m.reported_at)",
-            "updated_at = now()",
+            # updated_at is the time of the last change of the data, not of the report time.
+            f"updated_at = CASE WHEN {changed} THEN now() ELSE m.updated_at END",
         ]
     )
-    stored = ", ".join(f"m.{c}" for c in _DATA)
     current = ", ".join(f"cur.{c}" for c in _DATA)
     sql = f"""
 WITH r AS (
@@ -495,12 +506,11 @@ up AS (
     INSERT INTO matches AS m ({", ".join(columns)})
     SELECT {", ".join(columns)} FROM r ORDER BY ord
     ON CONFLICT {target} DO UPDATE SET {assignments}
-    WHERE {_not_older("excluded", "m")}
-      AND ({stored}) IS DISTINCT FROM ({_merged("excluded", "m")})
+    WHERE {_not_older("excluded", "m")} AND ({changed} OR {later})
     RETURNING m.external_match_id, {", ".join(f"m.{c}" for c in _NATURAL_KEY)},
-              (m.xmax = 0) AS created
+              (m.xmax = 0) AS created, m.updated_at = now() AS changed
 )
-SELECT r.ord, up.created, skipped.same
+SELECT r.ord, up.created, up.changed, skipped.same
 FROM r
 LEFT JOIN up ON {same_key.format(a="up", b="r")}
 -- Only rows the upsert skipped are looked up again, to tell unchanged from stale: the
