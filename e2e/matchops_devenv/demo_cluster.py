@@ -172,7 +172,7 @@ def _pipeline(pipeline: Pipeline, season: Season, broker: RabbitMQ, dsn: str) ->
     watch.until(lambda s: s.stored == len(expected) and s.drained, "the season stored", 300, show)
     say(f"the scraper Job published: {pipeline.finish_scraper('scrape-now')}")
     watch.until(
-        lambda s: s.desired == s.ready == 0,
+        lambda s: s.scaled_to_zero,
         f"workers scaled down after the {SCALE_DOWN_DELAY}s scale-down delay",
         120,
         show,

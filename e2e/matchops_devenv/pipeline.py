@@ -368,17 +368,28 @@ class Pipeline:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """One look at a running pipeline: rows stored, backlog in status, worker replicas."""
+    """One look at a running pipeline: rows stored, what its status says, worker replicas."""
 
     stored: int
-    backlog: Mapping[str, Any]
+    status: Mapping[str, Any]
     desired: int
     ready: int
+
+    @property
+    def backlog(self) -> Mapping[str, Any]:
+        backlog: Mapping[str, Any] = self.status.get("backlog", {})
+        return backlog
 
     @property
     def drained(self) -> bool:
         """The operator's last poll saw no message waiting or held by a worker."""
         return self.backlog.get("ready") == self.backlog.get("unacked") == 0
+
+    @property
+    def scaled_to_zero(self) -> bool:
+        """No worker asked for or ready, in the Deployment and in the operator's status."""
+        reported = self.status.get("workers", {})
+        return self.desired == self.ready == 0 and reported.get("summary") == "0/0"
 
 
 @dataclass
@@ -395,11 +406,12 @@ class Watch:
 
     def look(self) -> Snapshot:
         desired, ready = self.pipeline.workers()
-        backlog = self.pipeline.status().get("backlog", {})
+        snapshot = Snapshot(stored_count(self.dsn), self.pipeline.status(), desired, ready)
         self.peak_desired = max(self.peak_desired, desired)
         self.peak_ready = max(self.peak_ready, ready)
-        self.peak_consumers = max(self.peak_consumers, int(backlog.get("consumers", 0)))
-        return Snapshot(stored_count(self.dsn), backlog, desired, ready)
+        consumers = int(snapshot.backlog.get("consumers", 0))
+        self.peak_consumers = max(self.peak_consumers, consumers)
+        return snapshot
 
     def new_events(self) -> list[dict[str, Any]]:
         """Events about the MatchIngestion not returned before, oldest first."""

@@ -90,7 +90,7 @@ def test_a_scraped_season_is_stored_scaled_and_dead_lettered(
     assert drained.backlog["deadLettered"] == SEASON.invalid
 
     # Down again after the scale-down delay, one step at a time, to no pod at all.
-    watch.until(lambda s: s.desired == s.ready == 0, "workers scaled to zero", 90)
+    watch.until(lambda s: s.scaled_to_zero, "workers scaled to zero", 90)
     down = [m for m in pipeline.scaled() if m.startswith("Scaled workers 1 → 0")]
     assert down, pipeline.scaled()
     assert "scale-down delay 5s" in down[-1]
