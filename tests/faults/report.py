@@ -10,10 +10,11 @@ class Figures:
     """What one fault scenario did to the messages published into it."""
 
     scenario: str
-    messages_in: int
-    stored: int
-    dead_lettered: int
-    lost: int
+    # None where a scenario publishes no messages (the operator's).
+    messages_in: int | None
+    stored: int | None
+    dead_lettered: int | None
+    lost: int | None
     duplicated: int
     recovery: str
     notes: str = ""
