@@ -21,6 +21,10 @@ from matchops_operator.spec import GROUP, PLURAL, VERSION
 log = logging.getLogger(__name__)
 
 
+# The timer that polls each resource; kopf names it in its log lines.
+POLL = "poll"
+
+
 def register(
     registry: kopf.OperatorRegistry,
     reconciler: Reconciler,
@@ -53,7 +57,7 @@ def register(
         GROUP,
         VERSION,
         PLURAL,
-        id="poll",
+        id=POLL,
         interval=settings.poll_interval,
         sharp=False,
         registry=registry,

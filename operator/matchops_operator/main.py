@@ -190,7 +190,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     # One line per HTTP request or AMQP frame is noise at info level; their errors still show.
     for chatty in ("httpx", "httpx2", "pika"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.getLogger("kopf.objects").addFilter(QuietPolls())
     asyncio.run(run(settings))
+
+
+class QuietPolls(logging.Filter):
+    """Drops kopf's line for each poll that went well: one per resource per poll interval.
+
+    What a poll finds is in the status and Events; failed polls and every other handler still
+    log.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != f"Timer {handlers.POLL!r} succeeded."
 
 
 def _is_pattern(namespace: str) -> bool:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
-from matchops_operator.main import FINALIZER, kopf_settings, parse_args
+from matchops_operator.main import FINALIZER, QuietPolls, kopf_settings, parse_args
 
 
 def test_defaults_watch_every_namespace() -> None:
@@ -84,3 +86,16 @@ def test_peering_is_optional_unless_standalone() -> None:
     assert configured.peering.name == "ops"
     assert configured.peering.standalone is False
     assert configured.peering.mandatory is False
+
+
+@pytest.mark.parametrize(
+    ("message", "logged"),
+    [
+        ("Timer 'poll' succeeded.", False),
+        ("Timer 'poll' failed temporarily: broker unreachable", True),
+        ("Handler 'reconcile' succeeded.", True),
+    ],
+)
+def test_only_successful_polls_are_left_out_of_the_log(message: str, logged: bool) -> None:
+    record = logging.LogRecord("kopf.objects", logging.INFO, __file__, 1, message, None, None)
+    assert QuietPolls().filter(record) is logged
