@@ -25,11 +25,6 @@ from .workload import GOOD, Outgoing
 
 pytestmark = pytest.mark.integration
 
-STALE_REPORT_TIME = (
-    "store.py: a newer report identical to the stored state leaves reported_at behind, so an "
-    "older report delivered after it overwrites the newer state"
-)
-
 
 @pytest.mark.parametrize(
     "matches",
@@ -38,8 +33,6 @@ STALE_REPORT_TIME = (
         pytest.param(15_000, id="15k-matches", marks=pytest.mark.slow),
     ],
 )
-# Fails when a history's older report happens to arrive after a newer identical one.
-@pytest.mark.xfail(strict=False, reason=STALE_REPORT_TIME)
 def test_the_newest_report_wins_whatever_the_delivery_order(
     vhost: Vhost,
     database: str,
@@ -81,7 +74,6 @@ def test_the_newest_report_wins_whatever_the_delivery_order(
     assert vhost.depth(QUEUE) == 0
 
 
-@pytest.mark.xfail(strict=True, reason=STALE_REPORT_TIME)
 def test_an_older_report_arriving_last_loses_to_a_newer_identical_one(
     vhost: Vhost, database: str, tmp_path: Path
 ) -> None:
