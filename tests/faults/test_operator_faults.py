@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -176,5 +176,80 @@ def test_operator_killed_mid_reconcile_converges(
                 f"{unfinished} kills landed before a spec change was fully applied; one CronJob "
                 "and one Deployment, each owned once; scale decisions and status kept"
             ),
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def peering(cluster: ClusterAccess) -> Iterator[None]:
+    """kopf's peering resources, for this module only (other tests run without them)."""
+    install_crd(cluster, PEERING_CRDS, "kopfpeerings.kopf.dev")
+    yield
+    cluster.kubectl("delete", "-f", str(PEERING_CRDS), "--ignore-not-found", "--wait=false")
+
+
+def pausing(log: str) -> list[str]:
+    return [line for line in log.splitlines() if "Paus" in line or "Resum" in line]
+
+
+def acting(ns: Namespace) -> set[str]:
+    """The operator replicas that recorded Events about the resource."""
+    return {e.get("reportingInstance", "") for e in ns.events(NAME)}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "matchops-operator gives every replica kopf's default peering priority 0, and kopf "
+        "pauses all operators of equal priority: two replicas serve nothing"
+    ),
+)
+def test_two_operator_replicas_elect_one_and_the_other_takes_over(
+    ns: Namespace,
+    peering: None,
+    tmp_path: Path,
+    fault_report: Callable[[Figures], None],
+) -> None:
+    ns.apply({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "matchops"}})
+    replicas = {
+        name: OperatorProcess(
+            tmp_path, ns.cluster, ns.name, name, "--no-standalone", "--peering-name", "matchops"
+        ).start()
+        for name in ("replica-a", "replica-b")
+    }
+    try:
+        for replica in replicas.values():
+            replica.wait_started()
+        ns.apply(pipeline())
+        try:
+            ns.wait_condition(NAME, "Ready", "True", timeout=60)
+        except AssertionError as exc:
+            said = {name: pausing(replica.log) for name, replica in replicas.items()}
+            raise AssertionError(f"no replica served the resource: {said}") from exc
+        (active,) = acting(ns)
+        (standby,) = set(replicas) - {active}
+        assert "Pausing operations in favour of" in replicas[standby].log
+        assert "Pausing operations" not in replicas[active].log
+
+        replicas[active].kill()
+        killed = time.monotonic()
+        ns.apply(pipeline(workers__prefetch=333))
+        wait_for(lambda: prefetch_of(ns) == "333", "the standby to apply a change", timeout=120)
+        took_over = time.monotonic() - killed
+        assert acting(ns) == {active, standby}
+        assert replicas[standby].running()
+    finally:
+        for replica in replicas.values():
+            replica.stop()
+    fault_report(
+        Figures(
+            scenario="two operator replicas; the active one SIGKILLed",
+            messages_in=None,
+            stored=None,
+            dead_lettered=None,
+            lost=None,
+            duplicated=0,
+            recovery=f"standby applied a change {seconds(took_over)} after the kill",
+            notes="kopf peering: one replica acts, the other pauses until the first is gone",
         )
     )
