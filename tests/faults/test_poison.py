@@ -3,18 +3,32 @@ one stored, and the drain rate compared with the same stream without poison."""
 
 from __future__ import annotations
 
+import json
+import secrets
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
+import pika
 import pytest
 from matchops_devenv.broker_tools import Vhost
 from matchops_devenv.postgres import PostgreSQL
 from matchops_devenv.rabbitmq import RabbitMQ
+from matchops_worker.topology import declare
 
-from .harness import QUEUE, Progress, Tally, WorkerPool, drain, fill, topology
+from .harness import (
+    QUEUE,
+    Progress,
+    Tally,
+    WorkerPool,
+    drain,
+    fill,
+    stored_matches,
+    topology,
+)
 from .report import Figures
-from .workload import POISON_KINDS, Workload, build
+from .workload import GOOD, POISON_KINDS, Workload, build
 
 pytestmark = pytest.mark.integration
 
@@ -90,3 +104,56 @@ def test_poison_is_dead_lettered_and_the_valid_stream_stored(
     assert set(tally.reasons) == set(poisoned.poison.values())
     assert tally.unexplained == []
     assert vhost.depth(QUEUE) == 0
+
+
+@pytest.fixture
+def producer(rabbitmq: RabbitMQ, vhost: Vhost) -> Iterator[Vhost]:
+    """The test's virtual host as another broker user, the way a scraper has its own login."""
+    user, password = f"scraper-{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(16)
+    with rabbitmq.management() as api:
+        api.put(f"/users/{user}", json={"password": password, "tags": ""}).raise_for_status()
+        api.put(
+            f"/permissions/{quote(vhost.name, safe='')}/{user}",
+            json={"configure": ".*", "write": ".*", "read": ".*"},
+        ).raise_for_status()
+    yield Vhost(
+        vhost.name,
+        f"amqp://{user}:{password}@{rabbitmq.host}:{rabbitmq.port}/{quote(vhost.name, safe='')}",
+    )
+    with rabbitmq.management() as api:
+        api.delete(f"/users/{user}")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "consumer.py copies the user_id property into the dead-letter publish; RabbitMQ refuses "
+        "a user_id other than the worker's own login and closes the channel, so the message is "
+        "redelivered forever and blocks the messages behind it"
+    ),
+)
+def test_a_message_stamped_with_its_producers_user_is_dead_lettered(
+    producer: Vhost, vhost: Vhost, database: str, tmp_path: Path
+) -> None:
+    # RabbitMQ checks user_id against the publishing login: the scraper's own user here.
+    user = producer.url.split("//", 1)[1].split(":", 1)[0]
+    layout = topology()
+    with vhost.channel() as channel:
+        declare(channel, layout)
+    stamped = pika.BasicProperties(
+        content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent, user_id=user
+    )
+    pool = WorkerPool(tmp_path, vhost.url, database, layout)
+    pool.start(1)
+    try:
+        producer.publish(layout.exchange, QUEUE, [b"{not json", json.dumps(GOOD).encode()], stamped)
+        pool.wait_handled(2, timeout=30)
+        connections = pool.counter("matchops_worker_broker_connections_total")
+    finally:
+        pool.stop()
+    (dead,) = vhost.take(layout.dead_letter_queue)
+    assert dead.body == b"{not json"
+    assert dead.headers["x-matchops-reason"] == "invalid-json"
+    assert dead.headers["x-matchops-original-user-id"] == user
+    assert len(stored_matches(database)) == 1
+    assert connections == 1
