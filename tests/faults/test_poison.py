@@ -124,14 +124,6 @@ def producer(rabbitmq: RabbitMQ, vhost: Vhost) -> Iterator[Vhost]:
         api.delete(f"/users/{user}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "consumer.py copies the user_id property into the dead-letter publish; RabbitMQ refuses "
-        "a user_id other than the worker's own login and closes the channel, so the message is "
-        "redelivered forever and blocks the messages behind it"
-    ),
-)
 def test_a_message_stamped_with_its_producers_user_is_dead_lettered(
     producer: Vhost, vhost: Vhost, database: str, tmp_path: Path
 ) -> None:

@@ -54,6 +54,7 @@ ERROR_HEADER: Final = "x-matchops-error"
 ATTEMPTS_HEADER: Final = "x-matchops-attempts"
 ROUTING_KEY_HEADER: Final = "x-matchops-original-routing-key"
 EXCHANGE_HEADER: Final = "x-matchops-original-exchange"
+USER_ID_HEADER: Final = "x-matchops-original-user-id"
 MAX_ERROR_TEXT: Final = 1000
 # How long the loop waits for broker events when it has nothing due sooner; bounds how late a
 # stop request is noticed.
@@ -122,6 +123,10 @@ def republished_headers(
     # header keeps where it was first published.
     headers.setdefault(ROUTING_KEY_HEADER, delivery.routing_key)
     headers.setdefault(EXCHANGE_HEADER, delivery.exchange)
+    # RabbitMQ refuses a user_id property other than the publishing login, so the copy cannot
+    # carry the producer's; the header keeps it.
+    if delivery.properties.user_id:
+        headers.setdefault(USER_ID_HEADER, delivery.properties.user_id)
     if reason is not None:
         headers[REASON_HEADER] = reason
         headers[ERROR_HEADER] = (error or "")[:MAX_ERROR_TEXT]
@@ -349,7 +354,6 @@ class Worker:
             message_id=original.message_id,
             timestamp=original.timestamp,
             type=original.type,
-            user_id=original.user_id,
             app_id=original.app_id,
         )
         publish.basic_publish("", queue, delivery.body, properties, mandatory=True)
