@@ -113,8 +113,6 @@ class Operator:
     target: Target
     release: str
     namespace: str
-    # The chart installed the CRD with this release (it was absent before).
-    installed_crd: bool
 
     @property
     def deployment(self) -> str:
@@ -159,14 +157,13 @@ def install_operator(
         "operator.logFormat": "plain",
         **(values or {}),
     }
-    crd_present = target.exists(CRD)
-    if crd_present:
+    if target.exists(CRD):
         settings["crds.install"] = "false"
     args = ["install", release, str(CHART), "--namespace", namespace, "--create-namespace"]
     for key, value in settings.items():
         args += ["--set", f"{key}={value}"]
     target.helm(*args, "--wait", "--timeout", "180s")
-    operator = Operator(target, release, namespace, installed_crd=not crd_present)
+    operator = Operator(target, release, namespace)
     # The chart's pod has no readiness probe: Ready means the process runs, so wait for it to
     # serve MatchIngestions before anyone applies one.
     target.kubectl("wait", "--for=condition=Established", CRD, "--timeout=60s", timeout=90)

@@ -16,7 +16,7 @@ import pytest
 
 from matchops_devenv.access import KubectlError
 from matchops_devenv.broker_tools import Vhost
-from matchops_devenv.pipeline import CRD, Operator, Pipeline, Target, install_operator
+from matchops_devenv.pipeline import Operator, Pipeline, Target, install_operator
 from matchops_devenv.postgres import PostgreSQL
 from matchops_devenv.rabbitmq import RabbitMQ
 from matchops_devenv.targets import external_cluster, external_target, local_target
@@ -61,7 +61,8 @@ def e2e_postgres(request: pytest.FixtureRequest) -> Iterator[PostgreSQL]:
 def e2e_operator(e2e_target: Target) -> Iterator[Operator]:
     """The operator, installed with the Helm chart into a namespace it serves, running as a pod.
 
-    The CRD is cluster state other tests share: one the chart installed goes with the release.
+    The CRD stays when the release goes, as the chart keeps it: deleting it would wait for
+    every MatchIngestion in the cluster, other tests' included, to lose its finalizer.
     """
     operator = install_operator(e2e_target, f"e2e-{_suffix()}")
     try:
@@ -69,8 +70,6 @@ def e2e_operator(e2e_target: Target) -> Iterator[Operator]:
     finally:
         operator.uninstall()
         e2e_target.kubectl("delete", "namespace", operator.namespace, "--wait=false")
-        if operator.installed_crd:
-            e2e_target.kubectl("delete", CRD, "--ignore-not-found", "--timeout=60s")
 
 
 @pytest.fixture
