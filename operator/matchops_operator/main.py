@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import cast
@@ -21,6 +22,10 @@ from matchops_operator.reconciler import Reconciler
 
 FINALIZER = "matchops.dev/finalizer"
 ANNOTATION_PREFIX = "matchops.dev"
+# Seconds a replica counts as alive after its last keep-alive (kopf sends one every 5 to 10 s
+# less than this): a standby takes over within this long of the active replica's crash. kopf's
+# default, 60 s, would leave every pipeline unattended for up to a minute.
+PEERING_LIFETIME = 15
 
 
 def parse_args(
@@ -143,6 +148,8 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     # kopf would wait for it instead if the name were passed to kopf.operator().
     configured.peering.name = settings.peering_name
     configured.peering.standalone = settings.standalone
+    configured.peering.priority = peering_priority(time.time_ns())
+    configured.peering.lifetime = PEERING_LIFETIME
     configured.peering.clusterwide = not settings.namespaces
     # Listed namespaces are served as they are: no cluster-wide namespace (and CRD) watching,
     # which a namespaced installation has no permission for. Patterns need the listing.
@@ -156,6 +163,16 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     configured.watching.server_timeout = 270
     configured.watching.client_timeout = 300
     return configured
+
+
+def peering_priority(started_ns: int) -> int:
+    """This replica's kopf peering priority: the microsecond it started.
+
+    kopf pauses every replica when several share the highest priority (its default, 0, for
+    all of them), so each replica needs its own. The one that started last acts: a rolling
+    update hands over to the new version as soon as it runs.
+    """
+    return started_ns // 1_000
 
 
 def build(settings: OperatorSettings) -> kopf.OperatorRegistry:

@@ -188,6 +188,12 @@ def peering(cluster: ClusterAccess) -> Iterator[None]:
     cluster.kubectl("delete", "-f", str(PEERING_CRDS), "--ignore-not-found", "--wait=false")
 
 
+def operator_replica(ns: Namespace, state: Path, name: str) -> OperatorProcess:
+    return OperatorProcess(
+        state, ns.cluster, ns.name, name, "--no-standalone", "--peering-name", "matchops"
+    )
+
+
 def pausing(log: str) -> list[str]:
     return [line for line in log.splitlines() if "Paus" in line or "Resum" in line]
 
@@ -197,14 +203,7 @@ def acting(ns: Namespace) -> set[str]:
     return {e.get("reportingInstance", "") for e in ns.events(NAME)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "matchops-operator gives every replica kopf's default peering priority 0, and kopf "
-        "pauses all operators of equal priority: two replicas serve nothing"
-    ),
-)
-def test_two_operator_replicas_elect_one_and_the_other_takes_over(
+def test_operator_replicas_elect_one_and_hand_over(
     ns: Namespace,
     peering: None,
     tmp_path: Path,
@@ -212,10 +211,7 @@ def test_two_operator_replicas_elect_one_and_the_other_takes_over(
 ) -> None:
     ns.apply({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "matchops"}})
     replicas = {
-        name: OperatorProcess(
-            tmp_path, ns.cluster, ns.name, name, "--no-standalone", "--peering-name", "matchops"
-        ).start()
-        for name in ("replica-a", "replica-b")
+        name: operator_replica(ns, tmp_path, name).start() for name in ("replica-a", "replica-b")
     }
     try:
         for replica in replicas.values():
@@ -236,20 +232,40 @@ def test_two_operator_replicas_elect_one_and_the_other_takes_over(
         ns.apply(pipeline(workers__prefetch=333))
         wait_for(lambda: prefetch_of(ns) == "333", "the standby to apply a change", timeout=120)
         took_over = time.monotonic() - killed
-        assert acting(ns) == {active, standby}
+        assert replicas[standby].log.count("Resuming operations") == 1
+
+        # A rolling update: the new replica acts at once, the old one hands over as it stops.
+        newest = replicas["replica-c"] = operator_replica(ns, tmp_path, "replica-c").start()
+        newest.wait_started()
+        wait_for(
+            lambda: replicas[standby].log.count("Pausing operations in favour of") == 2,
+            "the running replica to yield to the new one",
+        )
+        ns.apply(pipeline(workers__prefetch=334))
+        wait_for(lambda: prefetch_of(ns) == "334", "the new replica to apply a change")
+        assert newest.stop() == 0
+        stopped = time.monotonic()
+        ns.apply(pipeline(workers__prefetch=335))
+        wait_for(lambda: prefetch_of(ns) == "335", "the old replica to resume", timeout=60)
+        handed_over = time.monotonic() - stopped
         assert replicas[standby].running()
     finally:
         for replica in replicas.values():
             replica.stop()
     fault_report(
         Figures(
-            scenario="two operator replicas; the active one SIGKILLed",
+            scenario="two operator replicas: the active one SIGKILLed, then a rolling update",
             messages_in=None,
             stored=None,
             dead_lettered=None,
             lost=None,
             duplicated=0,
-            recovery=f"standby applied a change {seconds(took_over)} after the kill",
-            notes="kopf peering: one replica acts, the other pauses until the first is gone",
+            recovery=(
+                f"standby applied a change {seconds(took_over)} after the kill, "
+                f"{seconds(handed_over)} after a clean stop"
+            ),
+            notes=(
+                "kopf peering: the newest replica acts, the others pause; 15 s peering lifetime"
+            ),
         )
     )
