@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from matchops_devenv import procs, toolchain
+from matchops_devenv.access import KubectlError
 from matchops_devenv.broker_tools import Vhost
 from matchops_devenv.controlplane import ControlPlane, ControlPlaneError
 from matchops_devenv.images import ImageError
@@ -47,6 +48,7 @@ NAME = "u14-northeast"
 QUEUE = "mlsnext-u14-northeast"
 SCALE_DOWN_DELAY = 10
 FAILURES = (
+    KubectlError,
     ControlPlaneError,
     NodeError,
     ImageError,
@@ -124,7 +126,10 @@ def _demo(season: Season, state_dir: Path, keep: bool) -> int:
             with RabbitMQ() as broker, PostgreSQL() as postgres:
                 dsn = postgres.create_database("matches")
                 target = local_target(plane.access, node)
-                say(f"helm install matchops charts/matchops --namespace {NAMESPACE}")
+                say(
+                    f"helm install matchops charts/matchops --namespace {NAMESPACE} "
+                    f"(image {target.image}, poll interval 1s)"
+                )
                 operator = install_operator(target, NAMESPACE, poll_interval="1s")
                 pipeline = Pipeline(target, NAMESPACE, NAME, operator=operator)
                 code = _pipeline(pipeline, season, broker, dsn)
