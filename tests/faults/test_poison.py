@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
+import amqp  # type: ignore[import-untyped]
 import pika
 import pytest
 from matchops_devenv.broker_tools import Vhost
@@ -149,3 +150,38 @@ def test_a_message_stamped_with_its_producers_user_is_dead_lettered(
     assert dead.headers["x-matchops-original-user-id"] == user
     assert len(stored_matches(database)) == 1
     assert connections == 1
+
+
+def test_a_header_pika_cannot_write_back_does_not_stop_the_worker(
+    rabbitmq: RabbitMQ, vhost: Vhost, database: str, tmp_path: Path
+) -> None:
+    # py-amqp (Celery's client) and other clients send doubles; pika reads 1e20 as an integer
+    # it cannot write again.
+    layout = topology()
+    with vhost.channel() as channel:
+        declare(channel, layout)
+    pool = WorkerPool(tmp_path, vhost.url, database, layout)
+    pool.start(1)
+    try:
+        connection = amqp.Connection(
+            host=f"{rabbitmq.host}:{rabbitmq.port}",
+            userid=rabbitmq.username,
+            password=rabbitmq.password,
+            virtual_host=vhost.name,
+        )
+        connection.connect()
+        channel = connection.channel()
+        for body in (b"{not json", json.dumps(GOOD).encode()):
+            message = amqp.Message(
+                body, content_type="application/json", application_headers={"weight": 1e20}
+            )
+            channel.basic_publish(message, exchange=layout.exchange, routing_key=QUEUE)
+        connection.close()
+        pool.wait_handled(2, timeout=30)
+        assert all(worker.alive() for worker in pool.workers)
+    finally:
+        pool.stop()
+    (dead,) = vhost.take(layout.dead_letter_queue)
+    assert dead.headers["x-matchops-reason"] == "invalid-json"
+    assert dead.headers["weight"] == "100000000000000000000"
+    assert len(stored_matches(database)) == 1

@@ -56,6 +56,8 @@ ROUTING_KEY_HEADER: Final = "x-matchops-original-routing-key"
 EXCHANGE_HEADER: Final = "x-matchops-original-exchange"
 USER_ID_HEADER: Final = "x-matchops-original-user-id"
 MAX_ERROR_TEXT: Final = 1000
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
 # How long the loop waits for broker events when it has nothing due sooner; bounds how late a
 # stop request is noticed.
 IDLE_POLL: Final = 0.25
@@ -117,7 +119,7 @@ def republished_headers(
     error: str | None = None,
 ) -> dict[str, Any]:
     """The original headers plus the worker's: attempts, origin, and a reason when dead."""
-    headers = dict(delivery.properties.headers or {})
+    headers = {key: _encodable(value) for key, value in (delivery.properties.headers or {}).items()}
     headers[ATTEMPTS_HEADER] = attempts
     # A message back from a retry queue arrives with the queue's name as routing key; the
     # header keeps where it was first published.
@@ -131,6 +133,26 @@ def republished_headers(
         headers[REASON_HEADER] = reason
         headers[ERROR_HEADER] = (error or "")[:MAX_ERROR_TEXT]
     return headers
+
+
+def _encodable(value: Any) -> Any:
+    """A received header value as pika can write it again.
+
+    pika reads a floating-point header as an integer (it cannot write floats) and cannot write
+    an integer beyond 64 bits, such as 1e20 read that way; the copy carries those as text
+    rather than fail, which would stop the worker at every redelivery.
+    """
+    if isinstance(value, dict):
+        return {key: _encodable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_encodable(item) for item in value]
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and not INT64_MIN <= value <= INT64_MAX
+    ):
+        return str(value)
+    return value
 
 
 class Worker:
