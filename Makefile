@@ -71,6 +71,14 @@ KIND_CLUSTER ?= matchops-e2e
 e2e-kind: sync ## the end-to-end scenarios on a kind cluster (Docker, kind, kubectl, helm)
 	KIND=$(KIND) KIND_CLUSTER=$(KIND_CLUSTER) IMG=$(IMG) e2e/kind/run.sh
 
+.PHONY: faults
+faults: sync toolchain ## the fault suite's short variants (kills, outages, poison, bad specs, security)
+	$(PYTEST) tests/faults -m "not slow"
+
+.PHONY: faults-report
+faults-report: sync toolchain ## run every fault scenario, slow ones too, and write the table in docs/faults.md
+	$(UV) run --locked python bench/faults.py --write docs/faults.md
+
 .PHONY: bench
 bench: sync bench-scaling ## measure worker throughput (messages/s) against a local RabbitMQ and PostgreSQL
 	$(UV) run --locked python bench/worker_bench.py
