@@ -85,7 +85,10 @@ class Backoff:
     """Exponential delays with jitter, for reconnecting without hammering."""
 
     initial: float = 0.5
-    maximum: float = 30.0
+    # The longest a worker stays idle after its broker or database is back. One connection
+    # attempt or probe query per worker every few seconds costs the server nothing; a 30 s
+    # ceiling left workers idle for up to half a minute after a broker restart.
+    maximum: float = 5.0
     factor: float = 2.0
     _current: float = field(default=0.0, init=False)
 
