@@ -211,21 +211,23 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
 ]
 
 
-# Kubernetes refuses such a quantity only in the Deployment the operator writes, and the
-# operator reports that as a passing API error (Reconciling) instead of a spec to fix.
 BAD_QUANTITY = pytest.param(
     sample(MINIMAL, workers__resources={"limits": {"cpu": "lots"}}),
-    "spec.workers.resources.limits.cpu in body should match",
+    "spec.workers.resources.limits: Invalid value: each limit must be a "
+    "Kubernetes quantity, such as 250m, 2, 512Mi or 1Gi",
     id="a resource quantity that is not one",
-    marks=pytest.mark.xfail(
-        strict=True, reason="crds/: resources accept any string where Kubernetes wants a quantity"
-    ),
+)
+BAD_REQUEST = pytest.param(
+    sample(MINIMAL, scraper__resources={"requests": {"memory": "1 GB"}}),
+    "spec.scraper.resources.requests: Invalid value: each request must be a "
+    "Kubernetes quantity",
+    id="a resource request that is not a quantity",
 )
 
 
 @pytest.mark.parametrize(
     ("manifest", "message"),
-    [*(pytest.param(*case[1:], id=case[0]) for case in REFUSED), BAD_QUANTITY],
+    [*(pytest.param(*case[1:], id=case[0]) for case in REFUSED), BAD_QUANTITY, BAD_REQUEST],
 )
 def test_the_api_server_refuses_with_a_clear_message(
     cluster: ClusterAccess, crd: None, namespace: str, manifest: dict[str, Any], message: str
