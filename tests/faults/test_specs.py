@@ -219,8 +219,7 @@ BAD_QUANTITY = pytest.param(
 )
 BAD_REQUEST = pytest.param(
     sample(MINIMAL, scraper__resources={"requests": {"memory": "1 GB"}}),
-    "spec.scraper.resources.requests: Invalid value: each request must be a "
-    "Kubernetes quantity",
+    "spec.scraper.resources.requests: Invalid value: each request must be a Kubernetes quantity",
     id="a resource request that is not a quantity",
 )
 
