@@ -16,13 +16,13 @@ import shutil
 import signal
 import subprocess
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
 
 from matchops_devenv import statedir
+from matchops_devenv.localserver import LocalServer
 from matchops_devenv.ports import free_port
 from matchops_devenv.procs import Service, ServiceError
 
@@ -46,7 +46,7 @@ def bindir() -> Path:
     return Path(found).parent
 
 
-class PostgreSQL:
+class PostgreSQL(LocalServer):
     """One PostgreSQL server listening on a free port of `listen` (default loopback).
 
     `fsync=False` trades crash safety for speed (test suites); benchmarks keep the default.
@@ -96,30 +96,6 @@ class PostgreSQL:
     def stop(self) -> None:
         """Fast shutdown (SIGINT: roll back open transactions, disconnect clients); data is kept."""
         self._server.stop(timeout=30, sig=signal.SIGINT)
-
-    def running(self) -> bool:
-        return self._server.running()
-
-    def close(self) -> None:
-        """Stop the server and remove its directory."""
-        self.stop()
-        statedir.release(self.dir)
-
-    def __enter__(self) -> PostgreSQL:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    @property
-    def log_path(self) -> Path:
-        return self._server.log_path
 
     def create_database(self, name: str, template: str | None = None) -> str:
         """Create a database (a copy of `template` when given); returns its DSN."""

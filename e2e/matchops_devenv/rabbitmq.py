@@ -15,13 +15,13 @@ import os
 import secrets
 import signal
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import quote
 
 import httpx
 import pika
 
 from matchops_devenv import statedir
+from matchops_devenv.localserver import LocalServer
 from matchops_devenv.ports import free_port, is_listening
 from matchops_devenv.procs import Service
 
@@ -30,7 +30,7 @@ EPMD = os.environ.get("MATCHOPS_EPMD", "epmd")
 USER = "matchops"
 
 
-class RabbitMQ:
+class RabbitMQ(LocalServer):
     """One RabbitMQ node listening on free ports of `listen` (default loopback)."""
 
     def __init__(self, listen: str = "127.0.0.1", start_timeout: float = 120.0) -> None:
@@ -97,30 +97,6 @@ class RabbitMQ:
         """Stop the node (it shuts down cleanly on SIGTERM) and its epmd; data is kept."""
         self._server.stop(timeout=60, sig=signal.SIGTERM)
         self._epmd.stop(timeout=5)
-
-    def running(self) -> bool:
-        return self._server.running()
-
-    def close(self) -> None:
-        """Stop everything and remove the node's directory."""
-        self.stop()
-        statedir.release(self.dir)
-
-    def __enter__(self) -> RabbitMQ:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    @property
-    def log_path(self) -> Path:
-        return self._server.log_path
 
     def management(self) -> httpx.Client:
         """A client for the management API (caller closes it)."""
