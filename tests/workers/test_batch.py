@@ -1,26 +1,9 @@
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from matchops_worker.batch import collapse, identity, supersedes
-from matchops_worker.contract import MatchReport
 
-BASE: dict[str, Any] = {
-    "home_team": "Philadelphia Union",
-    "away_team": "FC Delco",
-    "match_date": "2025-10-04",
-    "season": "2025-26",
-    "age_group": "U14",
-    "match_type": "League",
-}
-
-
-def match(**changes: Any) -> MatchReport:
-    return MatchReport.model_validate({**BASE, **changes})
-
-
-def at(hour: int) -> str:
-    return datetime(2025, 10, 4, hour, tzinfo=UTC).isoformat()
+from .reports import at, match
 
 
 def test_identity_is_the_external_id_when_there_is_one() -> None:

@@ -4,21 +4,13 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from matchops_devenv.broker_tools import Vhost
 from matchops_worker.contract import CELERY_TASKS, MatchReport, parse_message
 from matchops_worker.topology import build_topology, declare
 
-MATCH: dict[str, Any] = {
-    "home_team": "Philadelphia Union",
-    "away_team": "FC Delco",
-    "match_date": "2025-10-04",
-    "season": "2025-26",
-    "age_group": "U14",
-    "match_type": "League",
-}
+from .reports import MATCH
 
 
 def matchops(

@@ -20,16 +20,9 @@ from matchops_worker.contract import (
     parse_message,
 )
 
-SCHEMA_FILE = Path(__file__).parents[2] / "workers" / "schema" / "match-message.schema.json"
+from .reports import MATCH
 
-MATCH: dict[str, Any] = {
-    "home_team": "Philadelphia Union",
-    "away_team": "FC Delco",
-    "match_date": "2025-10-04",
-    "season": "2025-26",
-    "age_group": "U14",
-    "match_type": "League",
-}
+SCHEMA_FILE = Path(__file__).parents[2] / "workers" / "schema" / "match-message.schema.json"
 
 
 def report(body: object, **kwargs: Any) -> MatchReport:

@@ -15,24 +15,9 @@ from matchops_worker.contract import MatchReport
 from matchops_worker.store import RowRejected, SchemaOutdated, Store, StoreUnavailable
 from psycopg.rows import dict_row
 
+from .reports import at, match
+
 pytestmark = pytest.mark.integration
-
-BASE: dict[str, Any] = {
-    "home_team": "Philadelphia Union",
-    "away_team": "FC Delco",
-    "match_date": "2025-10-04",
-    "season": "2025-26",
-    "age_group": "U14",
-    "match_type": "League",
-}
-
-
-def match(**changes: Any) -> MatchReport:
-    return MatchReport.model_validate({**BASE, **changes})
-
-
-def at(hour: int) -> str:
-    return datetime(2025, 10, 4, hour, tzinfo=UTC).isoformat()
 
 
 def rows(dsn: str, query: str = "SELECT * FROM match_results ORDER BY id") -> list[dict[str, Any]]:

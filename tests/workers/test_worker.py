@@ -19,20 +19,14 @@ from matchops_worker.contract import CELERY_TASKS
 from matchops_worker.sample import SeasonPlan, invalid_messages, season_reports
 from psycopg.rows import dict_row
 
+from .reports import MATCH
+
 pytestmark = pytest.mark.integration
 
 FAST = {
     "MATCHOPS_RETRY_DELAYS": "1s,1s",
     "MATCHOPS_BATCH_WAIT": "50ms",
     "MATCHOPS_LOG_LEVEL": "debug",
-}
-MATCH: dict[str, Any] = {
-    "home_team": "Philadelphia Union",
-    "away_team": "FC Delco",
-    "match_date": "2025-10-04",
-    "season": "2025-26",
-    "age_group": "U14",
-    "match_type": "League",
 }
 OUTCOMES = ("created", "updated", "unchanged", "stale", "superseded", "dead_lettered", "retried")
 
