@@ -42,7 +42,7 @@ fmt: ## format the code
 
 .PHONY: test
 test: sync toolchain ## run the whole test suite (unit and real-system tests)
-	$(PYTEST)
+	$(PYTEST) --durations=15
 
 .PHONY: test-fast
 test-fast: ## run the unit tests only (no broker, database or cluster)
