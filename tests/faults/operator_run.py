@@ -1,4 +1,4 @@
-"""The real `matchops-operator` program against the test cluster, and what the tests read back.
+"""The real `matchops-operator` program against the test cluster.
 
 The operator runs as a process of its own, the way its Deployment runs it, so a test can
 SIGKILL it mid-reconcile or run two of them side by side.
@@ -6,26 +6,16 @@ SIGKILL it mid-reconcile or run two of them side by side.
 
 from __future__ import annotations
 
-import copy
-import json
 import os
 import signal
 import sys
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
-import yaml
 from matchops_devenv.access import ClusterAccess
+from matchops_devenv.namespace import wait_for
 from matchops_devenv.procs import Service
 
-ROOT = Path(__file__).parents[2]
-CRD = ROOT / "crds" / "matchops.dev_matchingestions.yaml"
-SAMPLES = ROOT / "manifests" / "samples"
 WORKER_IMAGE = "matchops:test"
-T = TypeVar("T")
 # What kopf logs once it has logged in to the API server.
 STARTED = "Initial authentication has finished."
 
@@ -98,87 +88,3 @@ class OperatorProcess:
             return self.service.log_path.read_text(errors="replace")
         except OSError:
             return ""
-
-
-def wait_for(
-    check: Callable[[], T | None], what: str, timeout: float = 60.0, interval: float = 0.25
-) -> T:
-    """Poll `check` until it returns something truthy; fail naming `what`."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
-
-
-@dataclass(frozen=True)
-class Namespace:
-    """One test's namespace on the test cluster."""
-
-    cluster: ClusterAccess
-    name: str
-
-    def kubectl(self, *args: str, input: str | None = None) -> str:
-        return self.cluster.kubectl("-n", self.name, *args, input=input).stdout
-
-    def get(self, *args: str) -> Any:
-        return json.loads(self.kubectl("get", *args, "-o", "json"))
-
-    def apply(self, manifest: dict[str, Any], *flags: str) -> str:
-        manifest = copy.deepcopy(manifest)
-        manifest["metadata"]["namespace"] = self.name
-        return self.kubectl("apply", *flags, "-f", "-", input=yaml.safe_dump(manifest))
-
-    def secret(self, name: str, data: Mapping[str, str]) -> None:
-        literals = [f"--from-literal={key}={value}" for key, value in data.items()]
-        self.kubectl("create", "secret", "generic", name, *literals)
-
-    def condition(self, resource: str, kind: str) -> dict[str, Any] | None:
-        conditions = self.get("matchingestion", resource).get("status", {}).get("conditions", [])
-        found = [c for c in conditions if c["type"] == kind]
-        return found[0] if found else None
-
-    def wait_condition(
-        self, resource: str, kind: str, status: str, reason: str | None = None, timeout: float = 60
-    ) -> dict[str, Any]:
-        def check() -> dict[str, Any] | None:
-            found = self.condition(resource, kind)
-            if found and found["status"] == status and reason in (None, found["reason"]):
-                return found
-            return None
-
-        return wait_for(check, f"{kind}={status} ({reason}) on {resource}", timeout)
-
-    def events(self, resource: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = self.get(
-            "events", "--field-selector", f"involvedObject.name={resource}"
-        )["items"]
-        return sorted(items, key=lambda e: int(e["metadata"]["resourceVersion"]))
-
-
-def sample(name: str, **spec_changes: Any) -> dict[str, Any]:
-    """A manifest from manifests/samples with `a__b=value` changes to its spec."""
-    manifest: dict[str, Any] = yaml.safe_load((SAMPLES / name).read_text())
-    for path, value in spec_changes.items():
-        node = manifest["spec"]
-        *parents, leaf = path.split("__")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return manifest
-
-
-def install_crd(cluster: ClusterAccess, path: Path, name: str) -> None:
-    cluster.kubectl("apply", "--server-side", "-f", str(path))
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
-    group = name.split(".", 1)[1]
-    wait_for(
-        lambda: (
-            name.split(".")[0]
-            in cluster.kubectl("api-resources", f"--api-group={group}", "--cached=false").stdout
-        ),
-        f"the API server to serve {name}",
-    )

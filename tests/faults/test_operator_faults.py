@@ -16,16 +16,10 @@ from typing import Any
 import pytest
 from matchops_devenv.access import ClusterAccess
 from matchops_devenv.broker_tools import Vhost
+from matchops_devenv.namespace import CRD, Namespace, install_crd, sample, wait_for
 from matchops_devenv.rabbitmq import RabbitMQ
 
-from .operator_run import (
-    CRD,
-    Namespace,
-    OperatorProcess,
-    install_crd,
-    sample,
-    wait_for,
-)
+from .operator_run import OperatorProcess
 from .report import Figures, seconds
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]

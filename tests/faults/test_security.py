@@ -27,13 +27,15 @@ import pytest
 from deploy.render import MANIFESTS, Obj, chart, kustomize
 from matchops_devenv.access import ClusterAccess
 from matchops_devenv.broker_tools import Vhost
+from matchops_devenv.namespace import CRD, Namespace, install_crd, sample, wait_for
 from matchops_devenv.postgres import PostgreSQL
 from matchops_devenv.rabbitmq import RabbitMQ
+from matchops_devenv.toolchain import REPO_ROOT
 from matchops_worker.contract import CELERY_TASKS, celery_message
 from psycopg import sql
 
 from .harness import QUEUE, WorkerPool, publish, stored_matches, topology
-from .operator_run import CRD, ROOT, Namespace, OperatorProcess, install_crd, sample, wait_for
+from .operator_run import OperatorProcess
 from .workload import GOOD, Outgoing
 
 # --- no default credentials ----------------------------------------------------------------
@@ -52,12 +54,12 @@ WELL_KNOWN = re.compile(
 def shipped_files() -> list[Path]:
     """Every tracked file but the tests' own fixtures and the lock file."""
     listed = subprocess.run(
-        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+        ["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
     return [
-        ROOT / name
+        REPO_ROOT / name
         for name in listed
-        if not name.startswith("tests/") and name != "uv.lock" and (ROOT / name).is_file()
+        if not name.startswith("tests/") and name != "uv.lock" and (REPO_ROOT / name).is_file()
     ]
 
 
@@ -69,7 +71,7 @@ def test_no_default_credentials_anywhere() -> None:
         except UnicodeDecodeError:
             continue
         for number, line in enumerate(text.splitlines(), start=1):
-            where = f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+            where = f"{path.relative_to(REPO_ROOT)}:{number}: {line.strip()}"
             if WELL_KNOWN.search(line):
                 found.append(where)
             for user, password in CREDENTIALS_IN_URL.findall(line):
@@ -260,7 +262,7 @@ def test_the_trap_would_spring_if_unpickled(tmp_path: Path) -> None:
 
 # --- SQL -----------------------------------------------------------------------------------
 
-STORE = ROOT / "workers" / "matchops_worker" / "store.py"
+STORE = REPO_ROOT / "workers" / "matchops_worker" / "store.py"
 CONSTANT = re.compile(r"_?[A-Z][A-Z0-9_]*")
 
 

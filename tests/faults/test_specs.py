@@ -13,9 +13,10 @@ from urllib.parse import quote
 import pytest
 from matchops_devenv.access import ClusterAccess, KubectlError
 from matchops_devenv.broker_tools import Vhost
+from matchops_devenv.namespace import CRD, Namespace, install_crd, sample
 from matchops_devenv.rabbitmq import RabbitMQ
 
-from .operator_run import CRD, Namespace, OperatorProcess, install_crd, sample
+from .operator_run import OperatorProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 

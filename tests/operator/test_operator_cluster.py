@@ -7,16 +7,14 @@ seconds.
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -24,6 +22,7 @@ import yaml
 from kopf.testing import KopfRunner
 from matchops_devenv.access import ClusterAccess, KubectlError
 from matchops_devenv.broker_tools import Vhost
+from matchops_devenv.namespace import CRD, Namespace, install_crd, sample, wait_for
 from matchops_devenv.ports import free_port
 from matchops_devenv.rabbitmq import RabbitMQ
 from matchops_operator.config import OperatorSettings
@@ -31,89 +30,25 @@ from matchops_operator.main import build, kopf_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
-ROOT = Path(__file__).parents[2]
-CRD = ROOT / "crds" / "matchops.dev_matchingestions.yaml"
-SAMPLES = ROOT / "manifests" / "samples"
 WORKER_IMAGE = "matchops:test"
-T = TypeVar("T")
 
 
-def wait_for(check: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
-    """Poll `check` until it returns something truthy; fail naming `what`."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+@dataclass(frozen=True)
+class Pipeline(Namespace):
+    """One test's namespace (`name`), broker vhost and the kubectl to look at them."""
 
-
-@dataclass
-class Pipeline:
-    """One test's namespace, broker vhost and the kubectl to look at them."""
-
-    cluster: ClusterAccess
-    namespace: str
     vhost: Vhost
     rabbitmq: RabbitMQ
 
-    def kubectl(self, *args: str, input: str | None = None) -> str:
-        return self.cluster.kubectl("-n", self.namespace, *args, input=input).stdout
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.kubectl("get", *args, "-o", "json"))
-
-    def apply(self, manifest: dict[str, Any]) -> None:
-        manifest = copy.deepcopy(manifest)
-        manifest["metadata"]["namespace"] = self.namespace
-        self.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
-
     def secrets(self, url: str | None = None, management: bool = True) -> None:
-        literals = [f"--from-literal=url={url or self.vhost.url}"]
+        broker = {"url": url or self.vhost.url}
         if management:
-            literals.append(f"--from-literal=management-url={self.rabbitmq.management_url}")
-        self.kubectl("create", "secret", "generic", "rabbitmq", *literals)
-        self.kubectl(
-            "create",
-            "secret",
-            "generic",
-            "postgres",
-            "--from-literal=dsn=postgresql://matchops@postgres:5432/matches",
-        )
-
-    def mi(self, name: str) -> dict[str, Any]:
-        found: dict[str, Any] = self.json("matchingestion", name)
-        return found
-
-    def condition(self, name: str, kind: str) -> dict[str, Any] | None:
-        for condition in self.mi(name).get("status", {}).get("conditions", []):
-            if condition["type"] == kind:
-                found: dict[str, Any] = condition
-                return found
-        return None
-
-    def wait_condition(
-        self, name: str, kind: str, status: str, reason: str | None = None, timeout: float = 60
-    ) -> dict[str, Any]:
-        def check() -> dict[str, Any] | None:
-            found = self.condition(name, kind)
-            if found and found["status"] == status and reason in (None, found["reason"]):
-                return found
-            return None
-
-        return wait_for(check, f"{kind}={status} ({reason}) on {name}", timeout)
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = self.json(
-            "events", "--field-selector", f"involvedObject.name={name}"
-        )["items"]
-        # resourceVersion orders them as they were created (timestamps have 1 s precision).
-        return sorted(items, key=lambda e: int(e["metadata"]["resourceVersion"]))
+            broker["management-url"] = self.rabbitmq.management_url
+        self.secret("rabbitmq", broker)
+        self.secret("postgres", {"dsn": "postgresql://matchops@postgres:5432/matches"})
 
     def replicas(self, name: str) -> int:
-        replicas: int = self.json("deployment", f"{name}-worker")["spec"]["replicas"]
+        replicas: int = self.get("deployment", f"{name}-worker")["spec"]["replicas"]
         return replicas
 
     def queue(self, queue: str) -> dict[str, Any] | None:
@@ -142,31 +77,9 @@ def scaled_events(pipeline: Pipeline, name: str) -> list[str]:
     ]
 
 
-def sample(name: str, **spec_changes: Any) -> dict[str, Any]:
-    manifest: dict[str, Any] = yaml.safe_load((SAMPLES / name).read_text())
-    for path, value in spec_changes.items():
-        node = manifest["spec"]
-        *parents, leaf = path.split("__")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return manifest
-
-
 @pytest.fixture(scope="module")
 def crd(cluster: ClusterAccess) -> None:
-    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/matchingestions.matchops.dev", "--timeout=60s"
-    )
-    # Refresh kubectl's discovery cache, which an earlier call may have filled without the CRD.
-    wait_for(
-        lambda: (
-            "matchingestions"
-            in cluster.kubectl("api-resources", "--api-group=matchops.dev", "--cached=false").stdout
-        ),
-        "the API server to serve matchingestions",
-    )
+    install_crd(cluster, CRD, "matchingestions.matchops.dev")
 
 
 @pytest.fixture
@@ -180,7 +93,7 @@ def pipeline(
 def running_operator(pipeline: Pipeline, worker_image: str = WORKER_IMAGE) -> Iterator[KopfRunner]:
     """The operator watching the test's namespace: 1 s polls, short backoff."""
     settings = OperatorSettings(
-        namespaces=(pipeline.namespace,),
+        namespaces=(pipeline.name,),
         poll_interval=1.0,
         worker_image=worker_image,
         image_pull_policy="IfNotPresent",
@@ -190,7 +103,7 @@ def running_operator(pipeline: Pipeline, worker_image: str = WORKER_IMAGE) -> It
         retry_max_delay=2.0,
         kubeconfig=pipeline.cluster.kubeconfig,
     )
-    args = ["run", "--standalone", "--namespace", pipeline.namespace]
+    args = ["run", "--standalone", "--namespace", pipeline.name]
     with KopfRunner(
         args, registry=build(settings), settings=kopf_settings(settings), timeout=60
     ) as runner:
@@ -212,13 +125,13 @@ def test_legacy_sample_creates_cronjob_deployment_and_queues(
     ready = pipeline.wait_condition("matches", "Ready", "True")
     assert ready["reason"] == "Ready"
 
-    mi = pipeline.mi("matches")
+    mi = pipeline.ingestion("matches")
     assert mi["status"]["observedGeneration"] == mi["metadata"]["generation"]
     assert "Reconciling" not in {c["type"] for c in mi["status"]["conditions"]}
     assert "Stalled" not in {c["type"] for c in mi["status"]["conditions"]}
     owner = {"kind": "MatchIngestion", "name": "matches", "uid": mi["metadata"]["uid"]}
 
-    cronjob = pipeline.json("cronjob", "matches-scraper")
+    cronjob = pipeline.get("cronjob", "matches-scraper")
     assert cronjob["spec"]["schedule"] == "0 6 * * *"
     assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
     assert {k: cronjob["metadata"]["ownerReferences"][0][k] for k in owner} == owner
@@ -231,13 +144,13 @@ def test_legacy_sample_creates_cronjob_deployment_and_queues(
     assert "value" not in env["CELERY_BROKER_URL"]
     assert env["MATCHOPS_EXCHANGE"]["value"] == "matches"
 
-    deployment = pipeline.json("deployment", "matches-worker")
+    deployment = pipeline.get("deployment", "matches-worker")
     assert deployment["spec"]["replicas"] == 0
     assert {k: deployment["metadata"]["ownerReferences"][0][k] for k in owner} == owner
     (worker,) = deployment["spec"]["template"]["spec"]["containers"]
     assert worker["image"] == WORKER_IMAGE
     assert worker["imagePullPolicy"] == "IfNotPresent"
-    managed = pipeline.json("deployment", "matches-worker", "--show-managed-fields")
+    managed = pipeline.get("deployment", "matches-worker", "--show-managed-fields")
     managers = {entry["manager"] for entry in managed["metadata"]["managedFields"]}
     assert "matchops-operator" in managers
 
@@ -266,7 +179,7 @@ def test_legacy_sample_creates_cronjob_deployment_and_queues(
         ).json()
     assert {b["routing_key"] for b in bindings} == {"matches", "matches.process"}
 
-    status = pipeline.mi("matches")["status"]
+    status = pipeline.ingestion("matches")["status"]
     assert status["topology"]["retryQueues"] == [
         "matches.retry.10s",
         "matches.retry.1m",
@@ -284,7 +197,7 @@ def test_an_unchanged_resource_writes_nothing(pipeline: Pipeline, operator: Kopf
 
     def versions() -> dict[str, str]:
         return {
-            kind: pipeline.json(kind, name)["metadata"]["resourceVersion"]
+            kind: pipeline.get(kind, name)["metadata"]["resourceVersion"]
             for kind, name in [
                 ("matchingestion", "u14-northeast"),
                 ("cronjob", "u14-northeast-scraper"),
@@ -313,8 +226,8 @@ def test_spec_changes_reach_the_children(pipeline: Pipeline, operator: KopfRunne
     )
 
     def followed() -> bool:
-        cronjob = pipeline.json("cronjob", "u14-northeast-scraper")["spec"]
-        deployment = pipeline.json("deployment", "u14-northeast-worker")["spec"]
+        cronjob = pipeline.get("cronjob", "u14-northeast-scraper")["spec"]
+        deployment = pipeline.get("deployment", "u14-northeast-worker")["spec"]
         (worker,) = deployment["template"]["spec"]["containers"]
         env = {var["name"]: var.get("value") for var in worker["env"]}
         return (
@@ -325,10 +238,10 @@ def test_spec_changes_reach_the_children(pipeline: Pipeline, operator: KopfRunne
         )
 
     wait_for(followed, "the CronJob and Deployment to follow the spec")
-    mi = pipeline.mi("u14-northeast")
+    mi = pipeline.ingestion("u14-northeast")
     wait_for(
         lambda: (
-            pipeline.mi("u14-northeast")["status"]["observedGeneration"]
+            pipeline.ingestion("u14-northeast")["status"]["observedGeneration"]
             == mi["metadata"]["generation"]
         ),
         "observedGeneration to catch up",
@@ -343,14 +256,14 @@ def test_removing_the_scraper_removes_its_cronjob(pipeline: Pipeline, operator: 
     manifest = sample("minimal.yaml")
     pipeline.apply(manifest)
     pipeline.wait_condition("u14-northeast", "Ready", "True")
-    assert "scraper" in pipeline.mi("u14-northeast")["status"]
+    assert "scraper" in pipeline.ingestion("u14-northeast")["status"]
     del manifest["spec"]["scraper"]
     pipeline.kubectl(
         "replace",
         "-f",
         "-",
         input=yaml.safe_dump(
-            {**manifest, "metadata": {**manifest["metadata"], "namespace": pipeline.namespace}}
+            {**manifest, "metadata": {**manifest["metadata"], "namespace": pipeline.name}}
         ),
     )
     pipeline.wait_condition("u14-northeast", "ScraperReady", "True", "NoScraper")
@@ -363,7 +276,7 @@ def test_removing_the_scraper_removes_its_cronjob(pipeline: Pipeline, operator: 
         "the CronJob to be deleted",
     )
     wait_for(
-        lambda: "scraper" not in pipeline.mi("u14-northeast")["status"],
+        lambda: "scraper" not in pipeline.ingestion("u14-northeast")["status"],
         "status.scraper to go",
     )
 
@@ -384,14 +297,14 @@ def test_a_restarted_operator_goes_on_where_it_stopped(pipeline: Pipeline) -> No
         wait_for(lambda: pipeline.replicas("matches") == 3, "three workers")
         pipeline.vhost.take("matches")
         wait_for(
-            lambda: "overProvisionedSince" in pipeline.mi("matches")["status"]["workers"],
+            lambda: "overProvisionedSince" in pipeline.ingestion("matches")["status"]["workers"],
             "the scale-down delay to start",
         )
-    before = pipeline.mi("matches")["status"]
+    before = pipeline.ingestion("matches")["status"]
     scaled_before = scaled_events(pipeline, "matches")
     with running_operator(pipeline):
         time.sleep(4)  # resume, then several polls
-        after = pipeline.mi("matches")["status"]
+        after = pipeline.ingestion("matches")["status"]
     assert pipeline.replicas("matches") == 3  # not back to minReplicas 0
     assert after["workers"]["overProvisionedSince"] == before["workers"]["overProvisionedSince"]
     assert after["workers"]["lastScaleTime"] == before["workers"]["lastScaleTime"]
@@ -424,13 +337,13 @@ def test_backlog_scales_workers_up_and_down_with_events(
         r"target 100 per replica( \(capped at maxReplicas 4\))?",
         ups[0],
     ), ups[0]
-    workers = pipeline.mi("matches")["status"]["workers"]
+    workers = pipeline.ingestion("matches")["status"]["workers"]
     assert workers["desiredReplicas"] == 4
     assert workers["lastScaleReason"] == ups[0].split(": ", 1)[1]
     # No node runs the pods: the workers are on their way, not ready.
     pipeline.wait_condition("matches", "Reconciling", "True", "WorkersProgressing")
     wait_for(
-        lambda: pipeline.mi("matches")["status"]["backlog"]["ready"] == 1000,
+        lambda: pipeline.ingestion("matches")["status"]["backlog"]["ready"] == 1000,
         "the whole backlog in status",
     )
 
@@ -456,25 +369,25 @@ def test_missing_secret_then_recovery(pipeline: Pipeline, operator: KopfRunner) 
     pipeline.apply(sample("minimal.yaml"))
     stalled = pipeline.wait_condition("u14-northeast", "Stalled", "True", "SecretNotFound")
     assert stalled["message"] == (
-        f"Secret {pipeline.namespace}/rabbitmq not found; create it with key 'url' holding "
+        f"Secret {pipeline.name}/rabbitmq not found; create it with key 'url' holding "
         "the broker's AMQP URL"
     )
     ready = pipeline.condition("u14-northeast", "Ready")
     assert ready is not None
     assert (ready["status"], ready["reason"]) == ("False", "SecretNotFound")
-    mi = pipeline.mi("u14-northeast")
+    mi = pipeline.ingestion("u14-northeast")
     assert mi["status"]["observedGeneration"] == mi["metadata"]["generation"]
     warnings = [e for e in pipeline.events("u14-northeast") if e["type"] == "Warning"]
     # Both Secrets are missing: the broker's (TopologyReady) and the database's (WorkersReady).
     assert [(e["reason"], e["message"].split()[1]) for e in warnings] == [
-        ("SecretNotFound", f"{pipeline.namespace}/rabbitmq"),
-        ("SecretNotFound", f"{pipeline.namespace}/postgres"),
+        ("SecretNotFound", f"{pipeline.name}/rabbitmq"),
+        ("SecretNotFound", f"{pipeline.name}/postgres"),
     ]
     workers = pipeline.condition("u14-northeast", "WorkersReady")
     assert workers is not None
     assert workers["reason"] == "SecretNotFound"
     # The scraper CronJob does not need the Secret's value: it is there already.
-    pipeline.json("cronjob", "u14-northeast-scraper")
+    pipeline.get("cronjob", "u14-northeast-scraper")
 
     time.sleep(3)  # retries with backoff: the condition stays, no new Events
     assert len([e for e in pipeline.events("u14-northeast") if e["type"] == "Warning"]) == 2
@@ -495,8 +408,8 @@ def test_refused_credentials_then_recovery(pipeline: Pipeline, operator: KopfRun
     stalled = pipeline.wait_condition(
         "u14-northeast", "Stalled", "True", "BrokerAuthenticationFailed"
     )
-    assert f"Secret {pipeline.namespace}/rabbitmq key 'url'" in stalled["message"]
-    assert "not-the-password" not in json.dumps(pipeline.mi("u14-northeast"))
+    assert f"Secret {pipeline.name}/rabbitmq key 'url'" in stalled["message"]
+    assert "not-the-password" not in json.dumps(pipeline.ingestion("u14-northeast"))
     pipeline.kubectl("delete", "secret", "rabbitmq")
     pipeline.kubectl(
         "create", "secret", "generic", "rabbitmq", f"--from-literal=url={pipeline.vhost.url}"
@@ -537,7 +450,7 @@ def test_no_worker_image_anywhere_is_reported(pipeline: Pipeline) -> None:
         workers = pipeline.condition("u14-northeast", "WorkersReady")
         assert workers is not None
         assert (workers["status"], workers["reason"]) == ("False", "NoWorkerImage")
-        pipeline.json("cronjob", "u14-northeast-scraper")  # the rest of the pipeline is there
+        pipeline.get("cronjob", "u14-northeast-scraper")  # the rest of the pipeline is there
         pipeline.apply(sample("minimal.yaml", workers__image=WORKER_IMAGE))
         pipeline.wait_condition("u14-northeast", "Ready", "True")
 
@@ -585,7 +498,7 @@ def test_topology_and_children_deleted_by_hand_are_repaired(
     wait_for(
         lambda: (
             pipeline.cluster.kubectl(
-                "-n", pipeline.namespace, "get", "deployment", "matches-worker", check=False
+                "-n", pipeline.name, "get", "deployment", "matches-worker", check=False
             ).returncode
             == 0
         ),
@@ -614,7 +527,7 @@ def test_deletion_policy_decides_the_queues_and_children_are_collected(
     def collected() -> bool:
         for kind, name in [("cronjob", "matches-scraper"), ("deployment", "matches-worker")]:
             found = pipeline.cluster.kubectl(
-                "-n", pipeline.namespace, "get", kind, name, "--ignore-not-found", "-o", "name"
+                "-n", pipeline.name, "get", kind, name, "--ignore-not-found", "-o", "name"
             ).stdout.strip()
             if found:
                 return False
@@ -659,7 +572,8 @@ def test_kubectl_get_and_describe_tell_the_story(pipeline: Pipeline, operator: K
     pipeline.vhost.publish("matches", "matches", [b"{}"] * 250)
     wait_for(lambda: pipeline.replicas("matches") == 3, "three workers")
     wait_for(
-        lambda: pipeline.mi("matches")["status"]["backlog"]["ready"] == 250, "the backlog in status"
+        lambda: pipeline.ingestion("matches")["status"]["backlog"]["ready"] == 250,
+        "the backlog in status",
     )
 
     header, row = pipeline.kubectl("get", "mi").splitlines()
