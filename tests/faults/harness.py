@@ -24,6 +24,7 @@ from matchops_devenv.worker import WorkerProcess
 from matchops_worker.durations import format_duration
 from matchops_worker.topology import Topology, build_topology, declare
 
+from .report import Figures
 from .workload import Identity, MatchState, Outgoing, Workload
 
 QUEUE = "matches"
@@ -320,6 +321,19 @@ class Tally:
             f"lost {self.lost}, duplicated {self.duplicated}, valid dead-lettered "
             f"{self.valid_dead_lettered[:5]}, wrong reasons {reasons}, poison missing "
             f"{self.missing_poison[:5]}, wrong matches (stored, expected) {matches}"
+        )
+
+    def figures(self, scenario: str, recovery: str, notes: str) -> Figures:
+        """The fault report's row for a scenario that ended with this tally."""
+        return Figures(
+            scenario=scenario,
+            messages_in=self.messages_in,
+            stored=self.stored,
+            dead_lettered=self.dead_lettered,
+            lost=self.lost,
+            duplicated=self.duplicated,
+            recovery=recovery,
+            notes=notes,
         )
 
 

@@ -51,13 +51,8 @@ def test_the_newest_report_wins_whatever_the_delivery_order(
     finally:
         pool.stop()
     fault_report(
-        Figures(
+        tally.figures(
             scenario="duplicated and out-of-order deliveries",
-            messages_in=tally.messages_in,
-            stored=tally.stored,
-            dead_lettered=tally.dead_lettered,
-            lost=tally.lost,
-            duplicated=tally.duplicated,
             recovery="n/a",
             notes=(
                 f"{matches:,} match histories (postponed, rescheduled, corrected), every report "

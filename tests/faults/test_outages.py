@@ -77,13 +77,8 @@ def outage_figures(
     before = progress.rate(began - max(steady, 1.0), began)
     recovered = progress.recovered_after(ended, before)
     after = progress.rate(ended + recovered, ended + recovered + 2) if recovered else 0.0
-    return Figures(
+    return tally.figures(
         scenario=scenario,
-        messages_in=tally.messages_in,
-        stored=tally.stored,
-        dead_lettered=tally.dead_lettered,
-        lost=tally.lost,
-        duplicated=tally.duplicated,
         recovery=seconds(recovered),
         notes=f"{notes}; {before:,.0f} msg/s before, {after:,.0f} msg/s after",
     )

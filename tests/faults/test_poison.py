@@ -81,13 +81,8 @@ def test_poison_is_dead_lettered_and_the_valid_stream_stored(
     clean_rate, _ = drain_rate(clean, *clean_pipeline, tmp_path / "clean")
     rate, tally = drain_rate(poisoned, vhost, database, tmp_path / "poisoned")
     fault_report(
-        Figures(
+        tally.figures(
             scenario="1 % poison in a valid stream",
-            messages_in=tally.messages_in,
-            stored=tally.stored,
-            dead_lettered=tally.dead_lettered,
-            lost=tally.lost,
-            duplicated=tally.duplicated,
             recovery="n/a",
             notes=(
                 f"{POISON_KINDS} kinds of poison; {WORKERS} workers drain {rate:,.0f} msg/s, "

@@ -63,13 +63,8 @@ def test_workers_killed_at_random_lose_and_repeat_nothing(
     elapsed = time.monotonic() - started
 
     fault_report(
-        Figures(
+        tally.figures(
             scenario=f"{WORKERS} workers SIGKILLed {kills} times while draining",
-            messages_in=tally.messages_in,
-            stored=tally.stored,
-            dead_lettered=tally.dead_lettered,
-            lost=tally.lost,
-            duplicated=tally.duplicated,
             recovery=f"replacement consuming {seconds(max(pool.replacements))} after a kill (max)",
             notes=(
                 f"1 % poison; drained in {elapsed:.0f} s; dead letters repeated after a kill: "
