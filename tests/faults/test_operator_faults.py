@@ -210,6 +210,13 @@ def test_operator_replicas_elect_one_and_hand_over(
     try:
         for replica in replicas.values():
             replica.wait_started()
+        # The replica started first acts until it sees the other's peering record (a moment
+        # on a quiet machine, seconds on a loaded one); the claim is about the settled state.
+        wait_for(
+            lambda: any(pausing(replica.log) for replica in replicas.values()),
+            "one replica to pause in favour of the other",
+            timeout=60,
+        )
         ns.apply(pipeline())
         try:
             ns.wait_condition(NAME, "Ready", "True", timeout=60)
