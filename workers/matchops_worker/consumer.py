@@ -5,8 +5,9 @@ store thread writes batches to PostgreSQL. While a batch is being written the lo
 serving the connection (heartbeats, the next deliveries), so a slow transaction never costs
 the connection. Deliveries are settled strictly in arrival order:
 
-- a message that fails validation is copied to the dead-letter queue at once (publisher
-  confirm), then acked;
+- a message that fails validation is copied to the dead-letter queue at once, by a sender
+  with its own connection and thread (publisher confirm), and acked once the copy is
+  confirmed; no batch is acked past a copy still on its way;
 - a batch is acked (one multiple-ack) only after its transaction committed;
 - a batch the database could not take is republished to the next retry queue (or, once the
   delays are used up, to the dead-letter queue) and acked, and the worker holds further
@@ -25,7 +26,7 @@ import logging
 import random
 import socket
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -36,6 +37,7 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 
 from matchops_worker.config import WorkerConfig
 from matchops_worker.contract import MatchReport, Reason, Rejection, parse_message
+from matchops_worker.deadletter import DeadLetterSender, copy_properties
 from matchops_worker.metrics import Health, Metrics
 from matchops_worker.store import (
     Result,
@@ -171,6 +173,9 @@ class Worker:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._pending: list[Delivery] = []
         self._rejected: list[Delivery] = []
+        # Invalid messages whose dead-letter copies are on their way, oldest first.
+        self._outgoing: deque[tuple[Delivery, Future[None]]] = deque()
+        self._sender = DeadLetterSender(config.amqp_url)
         self._batch_deadline = 0.0
         self._in_flight: Future[list[Result]] | None = None
         self._flushing: list[Delivery] = []
@@ -204,6 +209,7 @@ class Worker:
         finally:
             self._executor.shutdown(wait=True)
             self.store.close()
+            self._sender.close()
 
     # --- one broker connection ------------------------------------------------------------
 
@@ -257,7 +263,8 @@ class Worker:
         while True:
             connection.process_data_events(time_limit=self._poll_timeout())
             self.health.tick()
-            self._dead_letter_rejections(consume, publish)
+            self._dead_letter_rejections(wake)
+            self._settle_dead_letters(consume, wait=False)
             if self._in_flight is not None and self._in_flight.done():
                 self._settle(consume, publish)
             self._check_database(wake)
@@ -278,6 +285,7 @@ class Worker:
             if (
                 cancelled
                 and self._in_flight is None
+                and not self._outgoing
                 and self._probe is None
                 and (not self._pending or not self.health.database)
             ):
@@ -335,17 +343,38 @@ class Worker:
 
     # --- invalid messages -----------------------------------------------------------------
 
-    def _dead_letter_rejections(self, consume: BlockingChannel, publish: BlockingChannel) -> None:
+    def _dead_letter_rejections(self, wake: _Waker) -> None:
         rejected, self._rejected = self._rejected, []
         for delivery in rejected:
             assert isinstance(delivery.parsed, Rejection)
-            self._dead_letter(publish, delivery, delivery.parsed.reason, delivery.parsed.error)
+            reason, error = delivery.parsed.reason, delivery.parsed.error
+            headers = self._dead_letter_headers(delivery, reason, error)
+            future = self._sender.submit(
+                self.topology.dead_letter_queue,
+                delivery.body,
+                copy_properties(delivery.properties, headers),
+            )
+            future.add_done_callback(wake)
+            self._outgoing.append((delivery, future))
+
+    def _settle_dead_letters(self, consume: BlockingChannel, wait: bool) -> None:
+        """Ack invalid messages whose copies are confirmed (all of them, waiting, if `wait`)."""
+        while self._outgoing and (wait or self._outgoing[0][1].done()):
+            delivery, future = self._outgoing.popleft()
+            future.result()  # a failed copy ends the session: the message is redelivered
             consume.basic_ack(delivery.tag)
+            assert isinstance(delivery.parsed, Rejection)
+            self.metrics.dead_letters.labels(delivery.parsed.reason).inc()
             self.metrics.messages.labels("dead_lettered").inc()
 
     def _dead_letter(
         self, publish: BlockingChannel, delivery: Delivery, reason: str, error: str
     ) -> None:
+        headers = self._dead_letter_headers(delivery, reason, error)
+        self._publish(publish, self.topology.dead_letter_queue, delivery, headers)
+        self.metrics.dead_letters.labels(reason).inc()
+
+    def _dead_letter_headers(self, delivery: Delivery, reason: str, error: str) -> dict[str, Any]:
         log.warning(
             "dead-lettered message",
             extra={
@@ -355,9 +384,7 @@ class Worker:
                 "attempts": delivery.attempts,
             },
         )
-        headers = republished_headers(delivery, delivery.attempts, reason, error)
-        self._publish(publish, self.topology.dead_letter_queue, delivery, headers)
-        self.metrics.dead_letters.labels(reason).inc()
+        return republished_headers(delivery, delivery.attempts, reason, error)
 
     def _publish(
         self,
@@ -367,20 +394,7 @@ class Worker:
         headers: dict[str, Any],
     ) -> None:
         """Copy a message to a queue, persistent, and wait for the broker's confirm."""
-        original = delivery.properties
-        properties = pika.BasicProperties(
-            content_type=original.content_type,
-            content_encoding=original.content_encoding,
-            headers=headers,
-            delivery_mode=pika.DeliveryMode.Persistent,
-            priority=original.priority,
-            correlation_id=original.correlation_id,
-            reply_to=original.reply_to,
-            message_id=original.message_id,
-            timestamp=original.timestamp,
-            type=original.type,
-            app_id=original.app_id,
-        )
+        properties = copy_properties(delivery.properties, headers)
         publish.basic_publish("", queue, delivery.body, properties, mandatory=True)
 
     # --- batches --------------------------------------------------------------------------
@@ -425,7 +439,18 @@ class Worker:
                 self._retry(publish, deferred, clash)
             log.debug("batch stored", extra={"messages": len(batch)})
         if batch:
-            consume.basic_ack(batch[-1].tag, multiple=True)
+            self._ack_batch(consume, batch)
+
+    def _ack_batch(self, consume: BlockingChannel, batch: list[Delivery]) -> None:
+        self._settle_dead_letters(consume, wait=False)
+        last = batch[-1].tag
+        if self._outgoing and self._outgoing[0][0].tag < last:
+            # An earlier invalid message's copy is still on its way: a multiple ack would
+            # cover that message too.
+            for delivery in batch:
+                consume.basic_ack(delivery.tag)
+        else:
+            consume.basic_ack(last, multiple=True)
 
     def _retry(self, publish: BlockingChannel, batch: list[Delivery], error: str) -> None:
         """Send messages the database could not take now through the retry queues."""
@@ -510,6 +535,11 @@ class Worker:
                     future.result()
                 except (StoreUnavailable, SchemaOutdated):
                     self._set_database(False)
+        for _, copy in self._outgoing:
+            # Unacked, the message comes back and is dead-lettered again.
+            with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                copy.result()
+        self._outgoing.clear()
         self._in_flight = None
         self._probe = None
         self._pending = []
