@@ -170,6 +170,7 @@ class Store:
                 version = conn.execute(f"SELECT max(version) FROM {MIGRATIONS_TABLE}").fetchone()  # noqa: S608
                 return int(version[0]) if version and version[0] is not None else 0
         except psycopg.Error as exc:
+            self.close()  # the next attempt starts from a new connection
             raise StoreUnavailable(f"database unavailable: {_describe(exc)}") from exc
 
     def check_schema(self) -> int:
@@ -225,6 +226,9 @@ class Store:
         except psycopg.Error as exc:
             kind = _failure_kind(exc)
             if kind is None:
+                # A connection that failed this way (the server restarted, a timeout) may not
+                # know it is dead: the next attempt starts from a new one.
+                self.close()
                 raise StoreUnavailable(f"database unavailable: {_describe(exc)}") from exc
             if prepared.relies_on_cache:
                 # A reference row may have been deleted by hand: the failure dropped the cache,
