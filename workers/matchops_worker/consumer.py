@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import socket
 import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,7 +36,11 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 
 from matchops_worker.config import WorkerConfig
 from matchops_worker.contract import MatchReport, Reason, Rejection, parse_message
-from matchops_worker.deadletter import DeadLetterSender, copy_properties
+from matchops_worker.deadletter import (
+    DeadLetterSender,
+    connection_parameters,
+    copy_properties,
+)
 from matchops_worker.metrics import Health, Metrics
 from matchops_worker.store import (
     Result,
@@ -214,15 +217,7 @@ class Worker:
     # --- one broker connection ------------------------------------------------------------
 
     def _consume(self) -> None:
-        parameters = pika.URLParameters(self.config.amqp_url)
-        parameters.client_properties = {
-            "connection_name": f"matchops-worker {socket.gethostname()}"
-        }
-        # A broker that blocks publishers (memory or disk alarm) would otherwise stall the
-        # dead-letter and retry publishes forever; dropping the connection redelivers instead.
-        if parameters.blocked_connection_timeout is None:
-            parameters.blocked_connection_timeout = 60
-        connection = BlockingConnection(parameters)
+        connection = BlockingConnection(connection_parameters(self.config.amqp_url))
         self.metrics.broker_connections.inc()
         try:
             if self.config.declare_topology:

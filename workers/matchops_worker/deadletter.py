@@ -42,8 +42,6 @@ class DeadLetterSender:
     def _send(self, queue: str, body: bytes, properties: pika.BasicProperties) -> None:
         try:
             self._publish(queue, body, properties)
-        except pika.exceptions.UnroutableError:
-            raise
         except (pika.exceptions.AMQPConnectionError, pika.exceptions.ChannelClosed, OSError):
             # The connection may have gone stale between two invalid messages: one new one.
             log.debug("dead-letter connection lost, reconnecting", exc_info=True)
@@ -58,13 +56,7 @@ class DeadLetterSender:
         if self._channel is not None and self._channel.is_open:
             return self._channel
         self._disconnect()
-        parameters = pika.URLParameters(self.amqp_url)
-        parameters.client_properties = {
-            "connection_name": f"matchops-worker dead-letter {socket.gethostname()}"
-        }
-        if parameters.blocked_connection_timeout is None:
-            parameters.blocked_connection_timeout = 60
-        self._connection = BlockingConnection(parameters)
+        self._connection = BlockingConnection(connection_parameters(self.amqp_url, "dead-letter"))
         self._channel = self._connection.channel()
         self._channel.confirm_delivery()
         return self._channel
@@ -76,6 +68,18 @@ class DeadLetterSender:
                 connection.close()
             except (pika.exceptions.AMQPError, OSError):
                 log.debug("dead-letter connection did not close cleanly", exc_info=True)
+
+
+def connection_parameters(amqp_url: str, role: str = "") -> pika.URLParameters:
+    """The worker's connection settings: a name the management UI shows, a blocked timeout."""
+    parameters = pika.URLParameters(amqp_url)
+    name = " ".join(part for part in ("matchops-worker", role, socket.gethostname()) if part)
+    parameters.client_properties = {"connection_name": name}
+    # A broker that blocks publishers (memory or disk alarm) would otherwise stall the
+    # dead-letter and retry publishes forever; dropping the connection redelivers instead.
+    if parameters.blocked_connection_timeout is None:
+        parameters.blocked_connection_timeout = 60
+    return parameters
 
 
 def copy_properties(
