@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pika
 from matchops_devenv import statedir
-from matchops_devenv.broker_tools import Vhost
+from matchops_devenv.broker_tools import Vhost, publish_in_transactions
 from matchops_devenv.postgres import PostgreSQL
 from matchops_devenv.procs import ServiceError
 from matchops_devenv.rabbitmq import RabbitMQ
@@ -76,8 +76,12 @@ def fill(vhost: Vhost, topology: Topology, messages: list[bytes]) -> None:
     with vhost.channel() as channel:
         declare(channel, topology)
         channel.queue_purge(topology.queue)
-        for body in messages:
-            channel.basic_publish(topology.exchange, topology.routing_keys[0], body, properties)
+        publish_in_transactions(
+            channel,
+            topology.exchange,
+            topology.routing_keys[0],
+            ((body, properties) for body in messages),
+        )
     depth = vhost.wait_for_depth(topology.queue, len(messages), timeout=600)
     if depth != len(messages):
         raise RuntimeError(f"queue holds {depth} messages, expected {len(messages)}")

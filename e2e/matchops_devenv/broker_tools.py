@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
+
+# Messages per AMQP transaction when filling a queue in bulk.
+FILL_TRANSACTION: Final = 1000
 
 
 @dataclass(frozen=True)
@@ -81,3 +84,27 @@ class Vhost:
             channel.confirm_delivery()
             for body in bodies:
                 channel.basic_publish(exchange, routing_key, body, props, mandatory=True)
+
+
+def publish_in_transactions(
+    channel: BlockingChannel,
+    exchange: str,
+    routing_key: str,
+    messages: Iterable[tuple[bytes, pika.BasicProperties]],
+) -> int:
+    """Publish messages in AMQP transactions of a thousand; return how many were sent.
+
+    A commit returns once the broker has taken the whole transaction, so a queue filled
+    this way holds every message (a publisher confirm per message would make filling a
+    queue with tens of thousands of messages take minutes on a shared machine; publishing
+    with neither loses messages now and then).
+    """
+    channel.tx_select()
+    sent = 0
+    for body, properties in messages:
+        channel.basic_publish(exchange, routing_key, body, properties)
+        sent += 1
+        if sent % FILL_TRANSACTION == 0:
+            channel.tx_commit()
+    channel.tx_commit()
+    return sent

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
-from matchops_devenv.broker_tools import Message, Vhost
+from matchops_devenv.broker_tools import Message, Vhost, publish_in_transactions
 from matchops_devenv.procs import ServiceError
 from matchops_devenv.worker import WorkerProcess
 from matchops_worker.durations import format_duration
@@ -50,28 +50,18 @@ def topology(retry_delays: Iterable[str] = ("10s", "1m", "5m")) -> Topology:
     return build_topology(QUEUE, retry_delays=tuple(retry_delays))
 
 
-FILL_TRANSACTION = 1000
-
-
 def fill(vhost: Vhost, messages: Sequence[Outgoing], layout: Topology) -> None:
     """Declare the topology, publish persistent messages to a queue nobody consumes yet, and
-    check that it holds them all.
-
-    The messages go in AMQP transactions of a thousand: a commit returns once the broker has
-    taken them all (a publisher confirm per message would make filling a queue with tens of
-    thousands of messages take minutes on a shared machine), so a shortfall is the broker's.
-    """
+    check that it holds them all (they go in transactions, so a shortfall is the broker's)."""
     with vhost.channel() as channel:
         declare(channel, layout)
         waiting = channel.queue_declare(layout.queue, passive=True).method.message_count
-        channel.tx_select()
-        for number, message in enumerate(messages, start=1):
-            channel.basic_publish(
-                layout.exchange, layout.routing_keys[0], message.body, message.properties()
-            )
-            if number % FILL_TRANSACTION == 0:
-                channel.tx_commit()
-        channel.tx_commit()
+        publish_in_transactions(
+            channel,
+            layout.exchange,
+            layout.routing_keys[0],
+            ((message.body, message.properties()) for message in messages),
+        )
     expected = waiting + len(messages)
     depth = vhost.wait_for_depth(layout.queue, expected, timeout=120)
     assert depth == expected, f"the queue holds {depth} messages, {expected} were published"
