@@ -6,12 +6,9 @@ serving the connection (heartbeats, the next deliveries), so a slow transaction 
 the connection. Deliveries are settled strictly in arrival order:
 
 - a message that fails validation is copied to the dead-letter queue at once, by a sender
-  with its own connection and thread (publisher confirm), and counts as settled once the copy
-  is confirmed;
-- a batch counts as settled once its transaction committed;
-- acks are one multiple-ack up to the oldest delivery not settled yet, so nothing is acked
-  before it is stored or safely copied, and a stream with invalid messages scattered through
-  it costs no more acks than a clean one;
+  with its own connection and thread (publisher confirm), and acked once the copy is
+  confirmed; no batch is acked past a copy still on its way;
+- a batch is acked (one multiple-ack) only after its transaction committed;
 - a batch the database could not take is republished to the next retry queue (or, once the
   delays are used up, to the dead-letter queue) and acked, and the worker holds further
   batches until the database answers again;
@@ -189,10 +186,6 @@ class Worker:
         self._probe: Future[int] | None = None
         self._probe_due = 0.0
         self._database_backoff = Backoff()
-        # Delivery tags on the consuming channel: the newest received, and every one up to
-        # `_acked` is acknowledged.
-        self._received = 0
-        self._acked = 0
 
     def request_stop(self) -> None:
         """Ask the worker to finish the batch in hand and return (safe in a signal handler)."""
@@ -266,10 +259,9 @@ class Worker:
             connection.process_data_events(time_limit=self._poll_timeout())
             self.health.tick()
             self._dead_letter_rejections(wake)
-            self._settle_dead_letters()
+            self._settle_dead_letters(consume, wait=False)
             if self._in_flight is not None and self._in_flight.done():
                 self._settle(consume, publish)
-            self._ack_settled(consume)
             self._check_database(wake)
             if self._stopping and not cancelled:
                 # Messages received but not yet handed to us are returned to the queue by pika.
@@ -312,7 +304,6 @@ class Worker:
             headers=properties.headers,
             timestamp=properties.timestamp,
         )
-        self._received = method.delivery_tag
         delivery = Delivery(
             tag=method.delivery_tag,
             exchange=method.exchange,
@@ -361,11 +352,12 @@ class Worker:
             future.add_done_callback(wake)
             self._outgoing.append((delivery, future))
 
-    def _settle_dead_letters(self) -> None:
-        """Settle the invalid messages whose copies are confirmed, oldest first."""
-        while self._outgoing and self._outgoing[0][1].done():
+    def _settle_dead_letters(self, consume: BlockingChannel, wait: bool) -> None:
+        """Ack invalid messages whose copies are confirmed (all of them, waiting, if `wait`)."""
+        while self._outgoing and (wait or self._outgoing[0][1].done()):
             delivery, future = self._outgoing.popleft()
             future.result()  # a failed copy ends the session: the message is redelivered
+            consume.basic_ack(delivery.tag)
             assert isinstance(delivery.parsed, Rejection)
             self.metrics.dead_letters.labels(delivery.parsed.reason).inc()
             self.metrics.messages.labels("dead_lettered").inc()
@@ -441,22 +433,19 @@ class Worker:
             if deferred:
                 self._retry(publish, deferred, clash)
             log.debug("batch stored", extra={"messages": len(batch)})
+        if batch:
+            self._ack_batch(consume, batch)
 
-    def _ack_settled(self, consume: BlockingChannel) -> None:
-        """Ack, in one multiple-ack, every delivery older than the oldest unsettled one.
-
-        Deliveries are unsettled while pending, being written, or dead-lettered with the copy
-        not yet confirmed; each of those lists is in arrival (tag) order.
-        """
-        oldest = [
-            waiting[0].tag for waiting in (self._rejected, self._pending, self._flushing) if waiting
-        ]
-        if self._outgoing:
-            oldest.append(self._outgoing[0][0].tag)
-        through = min(oldest) - 1 if oldest else self._received
-        if through > self._acked:
-            consume.basic_ack(through, multiple=True)
-            self._acked = through
+    def _ack_batch(self, consume: BlockingChannel, batch: list[Delivery]) -> None:
+        self._settle_dead_letters(consume, wait=False)
+        last = batch[-1].tag
+        if self._outgoing and self._outgoing[0][0].tag < last:
+            # An earlier invalid message's copy is still on its way: a multiple ack would
+            # cover that message too.
+            for delivery in batch:
+                consume.basic_ack(delivery.tag)
+        else:
+            consume.basic_ack(last, multiple=True)
 
     def _retry(self, publish: BlockingChannel, batch: list[Delivery], error: str) -> None:
         """Send messages the database could not take now through the retry queues."""
@@ -551,7 +540,6 @@ class Worker:
         self._pending = []
         self._rejected = []
         self._flushing = []
-        self._received = self._acked = 0  # tags start again on the next channel
 
     def _on_session_lost(self, exc: BaseException) -> None:
         if isinstance(exc, pika.exceptions.ChannelClosedByBroker) and exc.reply_code == 404:
