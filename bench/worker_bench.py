@@ -4,7 +4,9 @@ Fills a queue with seasons of fixtures (every fixture reported scheduled, then h
 again as completed with scores) and reports, in one run, messages per second for:
 
 - the worker with its default settings, draining the queue into PostgreSQL;
-- the worker with a larger prefetch and batch (MATCHOPS_PREFETCH=1000, MATCHOPS_BATCH_SIZE=500);
+- the same stream with 1 % invalid messages scattered through it (each copied to the
+  dead-letter queue with a publisher confirm), against the clean stream;
+- the worker with a larger prefetch (MATCHOPS_PREFETCH=1000, MATCHOPS_BATCH_SIZE=250);
 - the worker writing one message per transaction (MATCHOPS_BATCH_SIZE=1);
 - raw pika consumption with manual acks and no work at all: the ceiling the broker and the
   client library allow on this machine.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import random
 import sys
 import time
 from collections.abc import Callable
@@ -32,7 +35,7 @@ from matchops_devenv.postgres import PostgreSQL
 from matchops_devenv.procs import ServiceError
 from matchops_devenv.rabbitmq import RabbitMQ
 from matchops_devenv.worker import WorkerProcess
-from matchops_worker.sample import DIVISIONS, SeasonPlan, season_reports
+from matchops_worker.sample import DIVISIONS, SeasonPlan, invalid_messages, season_reports
 from matchops_worker.store import migrate
 from matchops_worker.topology import Topology, build_topology, declare
 
@@ -87,8 +90,32 @@ def fill(vhost: Vhost, topology: Topology, messages: list[bytes]) -> None:
         raise RuntimeError(f"queue holds {depth} messages, expected {len(messages)}")
 
 
+@dataclass(frozen=True)
+class Run:
+    name: str
+    settings: dict[str, str]
+    messages: list[bytes]
+    invalid: int = 0  # how many of the messages the worker must dead-letter
+
+
+def with_invalid(stream: list[bytes], share: float, seed: int = 11) -> tuple[list[bytes], int]:
+    """The stream with `share` of invalid messages (the sample's kinds) scattered through it."""
+    mixed = list(stream)
+    rng = random.Random(seed)
+    bad = invalid_messages(round(len(stream) * share), seed=seed)
+    for message in bad:
+        mixed.insert(rng.randrange(len(mixed) + 1), message)
+    return mixed, len(bad)
+
+
 def drain_with_worker(
-    name: str, state: Path, vhost: Vhost, dsn: str, total: int, settings: dict[str, str]
+    name: str,
+    state: Path,
+    vhost: Vhost,
+    dsn: str,
+    total: int,
+    settings: dict[str, str],
+    invalid: int = 0,
 ) -> Figure:
     """Start `matchops-worker` on the filled queue; time from consuming to the last commit.
 
@@ -104,8 +131,10 @@ def drain_with_worker(
         _wait(lambda: _handled(worker) >= total, timeout=3600, interval=0.2)
         elapsed = worker.counter("matchops_worker_last_commit_timestamp_seconds") - started
         dead = worker.counter("matchops_worker_messages_total", outcome="dead_lettered")
-        if dead:
-            raise RuntimeError(f"{name}: {dead:.0f} messages dead-lettered:\n{worker.log}")
+        if dead != invalid:
+            raise RuntimeError(
+                f"{name}: {dead:.0f} messages dead-lettered, {invalid} expected:\n{worker.log}"
+            )
     finally:
         worker.stop()
     return Figure(name, total, elapsed, prefetch)
@@ -176,14 +205,16 @@ def main() -> int:
     stream = season_stream(args.seasons, args.divisions, args.teams)
     topology = build_topology("matches", queue_type=args.queue_type)
     base = {"MATCHOPS_QUEUE_TYPE": args.queue_type, "MATCHOPS_LOG_LEVEL": "warning"}
+    mixed, invalid = with_invalid(stream, 0.01)
     runs = [
-        ("worker, default settings", base, stream),
-        (
-            "worker, prefetch 1000, batch 500",
-            {**base, "MATCHOPS_PREFETCH": "1000", "MATCHOPS_BATCH_SIZE": "500"},
+        Run("worker, default settings", base, stream),
+        Run("worker, default settings, 1 % invalid", base, mixed, invalid),
+        Run(
+            "worker, prefetch 1000, batch 250",
+            {**base, "MATCHOPS_PREFETCH": "1000", "MATCHOPS_BATCH_SIZE": "250"},
             stream,
         ),
-        (
+        Run(
             "worker, one message per transaction",
             {**base, "MATCHOPS_BATCH_SIZE": "1"},
             stream[: args.single_limit],
@@ -201,12 +232,22 @@ def main() -> int:
         state = statedir.claim("bench")
         try:
             vhost = Vhost("/", broker.url())
-            for number, (name, settings, messages) in enumerate(runs):
-                fill(vhost, topology, messages)
+            for number, run in enumerate(runs):
+                fill(vhost, topology, run.messages)
                 dsn = postgres.create_database(f"bench_{number}")
                 migrate(dsn)
-                figures.append(drain_with_worker(name, state, vhost, dsn, len(messages), settings))
-                print(f"  {name}: {figures[-1].rate:.0f} msg/s", flush=True)
+                figures.append(
+                    drain_with_worker(
+                        run.name,
+                        state,
+                        vhost,
+                        dsn,
+                        len(run.messages),
+                        run.settings,
+                        run.invalid,
+                    )
+                )
+                print(f"  {run.name}: {figures[-1].rate:.0f} msg/s", flush=True)
             for prefetch in (200, 1000):
                 fill(vhost, topology, stream)
                 figures.append(raw_consume(vhost, topology.queue, len(stream), prefetch))
@@ -223,6 +264,9 @@ def main() -> int:
             f"{figure.rate:>8.0f} {share:>7.0%}"
         )
     print("('of raw': share of the raw consume rate with the same prefetch)")
+    print(
+        f"1 % invalid messages: {figures[1].rate / figures[0].rate:.0%} of the clean stream's rate"
+    )
     return 0
 
 
