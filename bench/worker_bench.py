@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import random
 import sys
 import time
 from collections.abc import Callable
@@ -35,7 +34,13 @@ from matchops_devenv.postgres import PostgreSQL
 from matchops_devenv.procs import ServiceError
 from matchops_devenv.rabbitmq import RabbitMQ
 from matchops_devenv.worker import WorkerProcess
-from matchops_worker.sample import DIVISIONS, SeasonPlan, invalid_messages, season_reports
+from matchops_worker.sample import (
+    DIVISIONS,
+    SeasonPlan,
+    invalid_messages,
+    scatter,
+    season_reports,
+)
 from matchops_worker.store import migrate
 from matchops_worker.topology import Topology, build_topology, declare
 
@@ -98,32 +103,21 @@ class Run:
     invalid: int = 0  # how many of the messages the worker must dead-letter
 
 
-def with_invalid(stream: list[bytes], share: float, seed: int = 11) -> tuple[list[bytes], int]:
-    """The stream with `share` of invalid messages (the sample's kinds) scattered through it."""
-    mixed = list(stream)
-    rng = random.Random(seed)
-    bad = invalid_messages(round(len(stream) * share), seed=seed)
-    for message in bad:
-        mixed.insert(rng.randrange(len(mixed) + 1), message)
-    return mixed, len(bad)
+def with_invalid(name: str, run: Run, share: float, seed: int = 11) -> Run:
+    """The run again with `share` of invalid messages (the sample's kinds) scattered through."""
+    bad = invalid_messages(round(len(run.messages) * share), seed=seed)
+    return Run(name, run.settings, scatter(run.messages, bad, seed), len(bad))
 
 
-def drain_with_worker(
-    name: str,
-    state: Path,
-    vhost: Vhost,
-    dsn: str,
-    total: int,
-    settings: dict[str, str],
-    invalid: int = 0,
-) -> Figure:
+def drain_with_worker(run: Run, state: Path, vhost: Vhost, dsn: str) -> Figure:
     """Start `matchops-worker` on the filled queue; time from consuming to the last commit.
 
     The end is the worker's own last-commit time, so the benchmark reads its metrics only a
     few times a second and does not slow it down by asking.
     """
-    prefetch = int(settings.get("MATCHOPS_PREFETCH", "200"))
-    worker = WorkerProcess(state, vhost.url, dsn, settings, name=name.split(",")[0])
+    name, total, invalid = run.name, len(run.messages), run.invalid
+    prefetch = int(run.settings.get("MATCHOPS_PREFETCH", "200"))
+    worker = WorkerProcess(state, vhost.url, dsn, run.settings, name=name.split(",")[0])
     worker.start(wait_ready=False)
     try:
         _wait(worker.ready, timeout=60, interval=0.002)
@@ -205,10 +199,11 @@ def main() -> int:
     stream = season_stream(args.seasons, args.divisions, args.teams)
     topology = build_topology("matches", queue_type=args.queue_type)
     base = {"MATCHOPS_QUEUE_TYPE": args.queue_type, "MATCHOPS_LOG_LEVEL": "warning"}
-    mixed, invalid = with_invalid(stream, 0.01)
+    clean = Run("worker, default settings", base, stream)
+    mixed = with_invalid("worker, default settings, 1 % invalid", clean, 0.01)
     runs = [
-        Run("worker, default settings", base, stream),
-        Run("worker, default settings, 1 % invalid", base, mixed, invalid),
+        clean,
+        mixed,
         Run(
             "worker, prefetch 1000, batch 250",
             {**base, "MATCHOPS_PREFETCH": "1000", "MATCHOPS_BATCH_SIZE": "250"},
@@ -236,17 +231,7 @@ def main() -> int:
                 fill(vhost, topology, run.messages)
                 dsn = postgres.create_database(f"bench_{number}")
                 migrate(dsn)
-                figures.append(
-                    drain_with_worker(
-                        run.name,
-                        state,
-                        vhost,
-                        dsn,
-                        len(run.messages),
-                        run.settings,
-                        run.invalid,
-                    )
-                )
+                figures.append(drain_with_worker(run, state, vhost, dsn))
                 print(f"  {run.name}: {figures[-1].rate:.0f} msg/s", flush=True)
             for prefetch in (200, 1000):
                 fill(vhost, topology, stream)
@@ -255,6 +240,7 @@ def main() -> int:
         finally:
             statedir.release(state)
     raw = {f.prefetch: f.rate for f in figures if f.name.startswith("raw")}
+    rates = {f.name: f.rate for f in figures}
     print()
     print(f"{'run':<42} {'messages':>9} {'seconds':>8} {'msg/s':>8} {'of raw':>7}")
     for figure in figures:
@@ -265,7 +251,8 @@ def main() -> int:
         )
     print("('of raw': share of the raw consume rate with the same prefetch)")
     print(
-        f"1 % invalid messages: {figures[1].rate / figures[0].rate:.0%} of the clean stream's rate"
+        f"1 % invalid messages: {rates[mixed.name] / rates[clean.name]:.0%} of the "
+        "clean stream's rate"
     )
     return 0
 

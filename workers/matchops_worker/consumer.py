@@ -259,7 +259,7 @@ class Worker:
             connection.process_data_events(time_limit=self._poll_timeout())
             self.health.tick()
             self._dead_letter_rejections(wake)
-            self._settle_dead_letters(consume, wait=False)
+            self._settle_dead_letters(consume)
             if self._in_flight is not None and self._in_flight.done():
                 self._settle(consume, publish)
             self._check_database(wake)
@@ -352,9 +352,9 @@ class Worker:
             future.add_done_callback(wake)
             self._outgoing.append((delivery, future))
 
-    def _settle_dead_letters(self, consume: BlockingChannel, wait: bool) -> None:
-        """Ack invalid messages whose copies are confirmed (all of them, waiting, if `wait`)."""
-        while self._outgoing and (wait or self._outgoing[0][1].done()):
+    def _settle_dead_letters(self, consume: BlockingChannel) -> None:
+        """Ack the invalid messages whose copies are confirmed, oldest first."""
+        while self._outgoing and self._outgoing[0][1].done():
             delivery, future = self._outgoing.popleft()
             future.result()  # a failed copy ends the session: the message is redelivered
             consume.basic_ack(delivery.tag)
@@ -437,7 +437,7 @@ class Worker:
             self._ack_batch(consume, batch)
 
     def _ack_batch(self, consume: BlockingChannel, batch: list[Delivery]) -> None:
-        self._settle_dead_letters(consume, wait=False)
+        self._settle_dead_letters(consume)
         last = batch[-1].tag
         if self._outgoing and self._outgoing[0][0].tag < last:
             # An earlier invalid message's copy is still on its way: a multiple ack would

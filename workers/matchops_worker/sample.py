@@ -111,11 +111,16 @@ def invalid_messages(count: int, seed: int = 7) -> list[bytes]:
 
 def mixed_stream(reports: Sequence[dict[str, Any]], bad: Sequence[bytes], seed: int) -> list[bytes]:
     """Valid reports as JSON with the invalid messages scattered among them."""
-    lines = [json.dumps(report).encode() for report in reports]
+    return scatter([json.dumps(report).encode() for report in reports], bad, seed)
+
+
+def scatter(messages: Sequence[bytes], bad: Sequence[bytes], seed: int) -> list[bytes]:
+    """The messages, in order, with the invalid ones inserted at seeded random places."""
+    mixed = list(messages)
     rng = random.Random(seed)
     for message in bad:
-        lines.insert(rng.randrange(len(lines) + 1), message)
-    return lines
+        mixed.insert(rng.randrange(len(mixed) + 1), message)
+    return mixed
 
 
 @dataclass(frozen=True)
