@@ -231,12 +231,12 @@ class Progress:
             return 0.0
         return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
 
-    def steady_rate(self, total: int, low: float = 0.2, high: float = 0.8) -> float:
-        """Messages per second while settling the `low`..`high` share of `total`: the workers'
-        pace once all of them run, before the backlog runs dry."""
-        start = next(t for t, n in self.samples if n >= total * low)
+    def steady_rate(self, total: int, since: float, high: float = 0.9) -> float:
+        """Messages per second from `since` (every worker consuming) until `high` of `total`
+        is settled: the workers' pace together, before the last partial batches wait out
+        their batch time."""
         end = next(t for t, n in self.samples if n >= total * high)
-        return self.rate(start, end)
+        return self.rate(since, end)
 
     def recovered_after(self, moment: float, rate: float, window: float = 1.0) -> float | None:
         """Seconds after `moment` until a `window` of settling reached half of `rate`."""
