@@ -201,6 +201,8 @@ def main() -> int:
         "--pairs",
         type=int,
         default=3,
+        choices=range(1, 11),
+        metavar="1..10",
         help="clean and 1 %% invalid runs, alternating (default: %(default)s)",
     )
     args = parser.parse_args()
