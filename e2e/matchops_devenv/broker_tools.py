@@ -91,8 +91,8 @@ def publish_in_transactions(
     exchange: str,
     routing_key: str,
     messages: Iterable[tuple[bytes, pika.BasicProperties]],
-) -> int:
-    """Publish messages in AMQP transactions of a thousand; return how many were sent.
+) -> None:
+    """Publish messages in AMQP transactions of a thousand.
 
     A commit returns once the broker has taken the whole transaction, so a queue filled
     this way holds every message (a publisher confirm per message would make filling a
@@ -100,11 +100,8 @@ def publish_in_transactions(
     with neither loses messages now and then).
     """
     channel.tx_select()
-    sent = 0
-    for body, properties in messages:
+    for number, (body, properties) in enumerate(messages, start=1):
         channel.basic_publish(exchange, routing_key, body, properties)
-        sent += 1
-        if sent % FILL_TRANSACTION == 0:
+        if number % FILL_TRANSACTION == 0:
             channel.tx_commit()
     channel.tx_commit()
-    return sent

@@ -34,13 +34,10 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
+from matchops_worker.broker import connection_parameters
 from matchops_worker.config import WorkerConfig
 from matchops_worker.contract import MatchReport, Reason, Rejection, parse_message
-from matchops_worker.deadletter import (
-    DeadLetterSender,
-    connection_parameters,
-    copy_properties,
-)
+from matchops_worker.deadletter import DeadLetterSender, copy_properties
 from matchops_worker.metrics import Health, Metrics
 from matchops_worker.store import (
     Result,

@@ -10,13 +10,14 @@ acknowledges past a copy still on its way.
 from __future__ import annotations
 
 import logging
-import socket
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
+
+from matchops_worker.broker import connection_parameters
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +69,6 @@ class DeadLetterSender:
                 connection.close()
             except (pika.exceptions.AMQPError, OSError):
                 log.debug("dead-letter connection did not close cleanly", exc_info=True)
-
-
-def connection_parameters(amqp_url: str, role: str = "") -> pika.URLParameters:
-    """The worker's connection settings: a name the management UI shows, a blocked timeout."""
-    parameters = pika.URLParameters(amqp_url)
-    name = " ".join(part for part in ("matchops-worker", role, socket.gethostname()) if part)
-    parameters.client_properties = {"connection_name": name}
-    # A broker that blocks publishers (memory or disk alarm) would otherwise stall the
-    # dead-letter and retry publishes forever; dropping the connection redelivers instead.
-    if parameters.blocked_connection_timeout is None:
-        parameters.blocked_connection_timeout = 60
-    return parameters
 
 
 def copy_properties(
