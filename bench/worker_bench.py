@@ -8,6 +8,7 @@ again as completed with scores) and reports, in one run, messages per second for
   dead-letter queue with a publisher confirm), against the clean stream: the two alternate
   a few times (`--pairs`) and each pair gives a ratio, so that the machine's own swings,
   which move both runs of a pair alike, are told apart from the cost of the invalid ones;
+- the same stream with 10 % invalid messages: how many dead-letter copies a worker sustains;
 - the worker with a larger prefetch (MATCHOPS_PREFETCH=1000, MATCHOPS_BATCH_SIZE=250);
 - the worker writing one message per transaction (MATCHOPS_BATCH_SIZE=1);
 - raw pika consumption with manual acks and no work at all: the ceiling the broker and the
@@ -214,6 +215,7 @@ def main() -> int:
     mixed = with_invalid("worker, default settings, 1 % invalid", clean, 0.01)
     runs = [
         *[clean, mixed] * args.pairs,
+        with_invalid("worker, default settings, 10 % invalid", clean, 0.10),
         Run(
             "worker, prefetch 1000, batch 250",
             {**base, "MATCHOPS_PREFETCH": "1000", "MATCHOPS_BATCH_SIZE": "250"},
