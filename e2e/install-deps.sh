@@ -5,7 +5,9 @@
 set -euo pipefail
 
 packages=(
-  rabbitmq-server postgresql
+  make rabbitmq-server postgresql
+  # uv is installed into a virtual environment where the system Python refuses pip (PEP 668)
+  python3-venv
   containerd runc containernetworking-plugins podman buildah debootstrap
   iptables conntrack iproute2 socat
   # the node's pause image is a static C program compiled here
@@ -54,5 +56,12 @@ fi
 
 if ! command -v uv >/dev/null 2>&1; then
   echo "installing uv" >&2
-  python3 -m pip install --quiet uv
+  # Debian's Python is externally managed (PEP 668): pip installs into a virtual environment
+  # of its own, and uv is linked onto the PATH.
+  if ! python3 -m pip install --quiet uv 2>/dev/null; then
+    venv=/opt/matchops/uv
+    as_root python3 -m venv "$venv"
+    as_root "$venv/bin/pip" install --quiet uv
+    as_root ln -sf "$venv/bin/uv" /usr/local/bin/uv
+  fi
 fi
