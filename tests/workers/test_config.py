@@ -21,6 +21,7 @@ def test_defaults() -> None:
     assert topology.retry_delays == (10.0, 60.0, 300.0)
     assert topology.dead_letter_queue == "matches.dlq"
     assert (config.prefetch, config.batch_size, config.batch_wait) == (200, 200, 0.2)
+    assert config.statement_timeout == 30.0
     assert config.metrics_port == 9100
     assert config.logging_level == logging.INFO
     assert config.declare_topology is False
@@ -39,6 +40,7 @@ def test_every_variable() -> None:
             "MATCHOPS_PREFETCH": "500",
             "MATCHOPS_BATCH_SIZE": "250",
             "MATCHOPS_BATCH_WAIT": "1s",
+            "MATCHOPS_STATEMENT_TIMEOUT": "1m30s",
             "MATCHOPS_METRICS_PORT": "9200",
             "MATCHOPS_LOG_LEVEL": "DEBUG",
             "MATCHOPS_DECLARE_TOPOLOGY": "true",
@@ -52,6 +54,7 @@ def test_every_variable() -> None:
     assert topology.dead_letter_queue == "u14.dead"
     assert (config.prefetch, config.batch_size, config.batch_limit) == (500, 250, 250)
     assert config.batch_wait == 1.0
+    assert config.statement_timeout == 90.0
     assert config.metrics_port == 9200
     assert config.logging_level == logging.DEBUG
     assert config.declare_topology is True
@@ -81,6 +84,7 @@ def test_every_problem_is_reported_at_once() -> None:
                 "MATCHOPS_PREFETCH": "lots",
                 "MATCHOPS_BATCH_SIZE": "0",
                 "MATCHOPS_BATCH_WAIT": "200",
+                "MATCHOPS_STATEMENT_TIMEOUT": "0s",
                 "MATCHOPS_METRICS_PORT": "70000",
                 "MATCHOPS_LOG_LEVEL": "loud",
                 "MATCHOPS_DECLARE_TOPOLOGY": "maybe",
@@ -95,6 +99,7 @@ def test_every_problem_is_reported_at_once() -> None:
         "MATCHOPS_PREFETCH='lots' is not a whole number",
         "MATCHOPS_BATCH_SIZE=0 is outside 1..10000",
         "MATCHOPS_BATCH_WAIT: invalid duration '200'",
+        "MATCHOPS_STATEMENT_TIMEOUT='0s' is shorter than 1ms",
         "MATCHOPS_METRICS_PORT=70000",
         "MATCHOPS_LOG_LEVEL='loud'",
         "MATCHOPS_DECLARE_TOPOLOGY='maybe'",

@@ -2,6 +2,7 @@
 
 import subprocess
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +22,7 @@ from matchops_worker.store import (
 )
 from psycopg.rows import dict_row
 
+from .locks import holding_match, insert_team, wait_for_a_blocked_write
 from .reports import at, match
 
 pytestmark = pytest.mark.integration
@@ -237,8 +239,44 @@ def test_the_store_reconnects_after_the_server_dropped_it(db: Store, database: s
     assert db.write([match(external_match_id="m2")]) == [Outcome.CREATED]
 
 
+def test_a_report_deadlocked_alone_is_deferred(database: str) -> None:
+    Store(database).write([match(external_match_id="m1")])
+    db = Store(database)  # knows no names yet, so its first write inserts the new team
+    before = deadlocks(database)
+    result = match(external_match_id="m1", home_team="Reading United", home_score=2, away_score=0)
+    with holding_match(database, "m1") as other, ThreadPoolExecutor(1) as pool:
+        # The write inserts the team, then waits for the match row; the other session holds
+        # the row and now waits for the team: each waits for the other.
+        writing = pool.submit(db.write, [result])
+        wait_for_a_blocked_write(database)
+        insert_team(other, "Reading United")
+        (deferred,) = writing.result(timeout=30)
+    assert isinstance(deferred, RowDeferred)
+    assert "deadlock detected" in deferred.error
+    flush_statistics(db)
+    assert deadlocks(database) == before + 1
+    assert db.write([result]) == [Outcome.UPDATED]
+    assert rows(database)[0]["home_team"] == "Reading United"
+
+
+def test_a_statement_over_the_timeout_makes_the_database_unavailable(database: str) -> None:
+    Store(database).write([match(external_match_id="m1")])
+    db = Store(database, statement_timeout=0.5)
+    result = match(external_match_id="m1", home_score=2, away_score=0)
+    with holding_match(database, "m1"), pytest.raises(StoreUnavailable, match="statement timeout"):
+        db.write([result])
+    assert db.write([result]) == [Outcome.UPDATED]
+
+
+def flush_statistics(writer: Store) -> None:
+    """Make the writer's session report its statistics (deadlocks among them) now."""
+    conn = writer.connection()
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    conn.commit()  # a session reports when it goes idle, outside a transaction
+
+
 def deadlocks(dsn: str) -> int:
-    """Deadlocks PostgreSQL counted in this database (flushed by each backend when idle)."""
+    """Deadlocks PostgreSQL counted in this database (as reported by the sessions so far)."""
     query = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
     return int(rows(dsn, query)[0]["deadlocks"])
 
@@ -257,10 +295,7 @@ def test_concurrent_writers_do_not_deadlock_and_agree(database: str) -> None:
         try:
             for start in range(0, len(order), 50):
                 results.extend(writer.write(order[start : start + 50]))
-            # A backend reports its statistics (deadlocks among them) when it next goes idle.
-            conn = writer.connection()
-            conn.execute("SELECT pg_stat_force_next_flush()")
-            conn.commit()
+            flush_statistics(writer)
         except BaseException as exc:
             errors.append(exc)
         finally:

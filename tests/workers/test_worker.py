@@ -17,9 +17,11 @@ from matchops_devenv.rabbitmq import RabbitMQ
 from matchops_devenv.worker import WorkerProcess
 from matchops_worker.contract import CELERY_TASKS
 from matchops_worker.sample import SeasonPlan, invalid_messages, season_reports
+from matchops_worker.store import Store
 from psycopg.rows import dict_row
 
-from .reports import MATCH
+from .locks import holding_match, insert_team, wait_for_a_blocked_write
+from .reports import MATCH, match
 
 pytestmark = pytest.mark.integration
 
@@ -229,6 +231,66 @@ def test_a_transient_failure_is_retried_until_it_succeeds(
     assert outcome(worker, "created") == 1
     assert vhost.depth("matches.dlq") == 0
     assert stored(database)[0]["location"] == "flaky"
+
+
+def test_a_deadlocked_report_is_retried_and_stored(
+    start_worker: StartWorker, vhost: Vhost, database: str
+) -> None:
+    Store(database).write([match(external_match_id="m1")])
+    worker = start_worker()
+    result = {**MATCH, "external_match_id": "m1", "home_team": "Reading United"}
+    result.update(home_score=2, away_score=0)
+    with holding_match(database, "m1") as other:
+        vhost.publish("matches", "matches", encode([result]))
+        # The worker inserts the new team, then waits for the match row; the other session
+        # holds the row and now waits for the team. PostgreSQL ends the worker's transaction.
+        wait_for_a_blocked_write(database)
+        insert_team(other, "Reading United")
+        wait_until(lambda: outcome(worker, "retried") == 1, what="the report sent to retry")
+    wait_handled(worker, 1)
+    assert outcome(worker, "updated") == 1
+    assert worker.counter("matchops_worker_retries_total", queue="matches.retry.1s") == 1
+    assert worker.counter("matchops_worker_database_errors_total") == 0
+    assert "deadlock detected" in worker.log
+    (row,) = stored(database)
+    assert (row["home_team"], row["home_score"], row["status"]) == (
+        "Reading United",
+        2,
+        "completed",
+    )
+    assert vhost.depth("matches") == 0
+    assert vhost.depth("matches.dlq") == 0
+
+
+def test_a_statement_timeout_holds_the_worker_until_the_database_answers(
+    start_worker: StartWorker, vhost: Vhost, database: str
+) -> None:
+    Store(database).write([match(external_match_id="m1")])
+    worker = start_worker(MATCHOPS_STATEMENT_TIMEOUT="1s", MATCHOPS_RETRY_DELAYS="2s")
+    result = {**MATCH, "external_match_id": "m1", "home_score": 2, "away_score": 0}
+    with holding_match(database, "m1"):
+        vhost.publish("matches", "matches", encode([result]))
+        wait_until(
+            lambda: worker.counter("matchops_worker_database_errors_total") == 1,
+            what="the write cancelled by the statement timeout",
+        )
+    # The batch went through the retry delay; the worker held further batches until its probe
+    # found the database answering again.
+    wait_handled(worker, 1)
+    assert outcome(worker, "retried") == 1
+    assert outcome(worker, "updated") == 1
+    assert worker.counter("matchops_worker_database_errors_total") == 1
+    assert worker.counter("matchops_worker_retries_total", queue="matches.retry.2s") == 1
+    log = worker.log
+    assert "canceling statement due to statement timeout" in log
+    assert log.index("database unavailable, holding further batches") < log.index(
+        '"database available"'
+    )
+    wait_until(worker.ready, what="ready again")
+    assert worker.counter("matchops_worker_database_available") == 1
+    assert stored(database)[0]["home_score"] == 2
+    assert vhost.depth("matches") == 0
+    assert vhost.depth("matches.dlq") == 0
 
 
 def test_a_row_the_database_refuses_is_dead_lettered_alone(

@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from matchops_worker.durations import DurationError, parse_duration
+from matchops_worker.durations import DurationError, format_duration, parse_duration
 from matchops_worker.topology import (
     DEFAULT_RETRY_DELAYS,
     QUEUE_TYPES,
@@ -34,6 +34,7 @@ class WorkerConfig:
     prefetch: int = 200
     batch_size: int = 200
     batch_wait: float = 0.2
+    statement_timeout: float = 30.0
     metrics_port: int = 9100
     log_level: str = "info"
     declare_topology: bool = False
@@ -73,6 +74,8 @@ def load_config(env: Mapping[str, str] | None = None) -> WorkerConfig:
     prefetch = reader.integer("MATCHOPS_PREFETCH", 200, minimum=1, maximum=65535)
     batch_size = reader.integer("MATCHOPS_BATCH_SIZE", 200, minimum=1, maximum=10000)
     batch_wait = reader.duration("MATCHOPS_BATCH_WAIT", "200ms")
+    # PostgreSQL reads a statement_timeout of 0 as no limit at all.
+    statement_timeout = reader.duration("MATCHOPS_STATEMENT_TIMEOUT", "30s", minimum=0.001)
     metrics_port = reader.integer("MATCHOPS_METRICS_PORT", 9100, minimum=0, maximum=65535)
     log_level = reader.choice("MATCHOPS_LOG_LEVEL", "info", LOG_LEVELS)
     declare_topology = reader.boolean("MATCHOPS_DECLARE_TOPOLOGY", False)
@@ -97,6 +100,7 @@ def load_config(env: Mapping[str, str] | None = None) -> WorkerConfig:
         prefetch=prefetch,
         batch_size=batch_size,
         batch_wait=batch_wait,
+        statement_timeout=statement_timeout,
         metrics_port=metrics_port,
         log_level=log_level,
         declare_topology=declare_topology,
@@ -151,13 +155,17 @@ class _Reader:
             return default
         return number
 
-    def duration(self, name: str, default: str) -> float:
+    def duration(self, name: str, default: str, minimum: float = 0.0) -> float:
         value = self.optional(name) or default
         try:
-            return parse_duration(value)
+            seconds = parse_duration(value)
         except DurationError as exc:
             self.problems.append(f"{name}: {exc}")
             return parse_duration(default)
+        if seconds < minimum:
+            self.problems.append(f"{name}={value!r} is shorter than {format_duration(minimum)}")
+            return parse_duration(default)
+        return seconds
 
     def durations(self, name: str, default: str) -> list[float]:
         value = self.optional(name) or default

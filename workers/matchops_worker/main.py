@@ -99,7 +99,8 @@ def run_worker() -> int:
             "batch_wait": config.batch_wait,
         },
     )
-    worker = Worker(config, store.Store(config.database_dsn), metrics, health)
+    database = store.Store(config.database_dsn, statement_timeout=config.statement_timeout)
+    worker = Worker(config, database, metrics, health)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         worker.request_stop()
