@@ -1,10 +1,10 @@
 """Run the fault suite and print its figures as the table in docs/faults.md.
 
 Every scenario of tests/faults records one row (messages in, stored, dead-lettered, lost,
-duplicated, recovery time) when $MATCHOPS_FAULTS_REPORT names a file; this runs the suite that
-way, against the real RabbitMQ, PostgreSQL and Kubernetes API server the tests start, and
-renders the rows. `--write` puts the table into a Markdown file between the markers
-`<!-- faults:begin -->` and `<!-- faults:end -->`. Run with `make faults-report`.
+duplicated, dead letters repeated, recovery time) when $MATCHOPS_FAULTS_REPORT names a file;
+this runs the suite that way, against the real RabbitMQ, PostgreSQL and Kubernetes API server
+the tests start, and renders the rows. `--write` puts the table into a Markdown file between
+the markers `<!-- faults:begin -->` and `<!-- faults:end -->`. Run with `make faults-report`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ COLUMNS = (
     ("dead-lettered", "dead_lettered"),
     ("lost", "lost"),
     ("duplicated", "duplicated"),
+    ("dead letters repeated", "dead_letters_repeated"),
     ("recovery time", "recovery"),
     ("notes", "notes"),
 )

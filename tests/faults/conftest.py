@@ -1,9 +1,9 @@
 """Fixtures of the fault suite: the figures each scenario reports.
 
-Each scenario records one row (messages in, stored, dead-lettered, lost, duplicated, recovery
-time). The row is printed, and appended as a JSON line to $MATCHOPS_FAULTS_REPORT when that is
-set: `bench/faults.py` (`make faults-report`) runs the suite that way and renders the rows as
-the table in docs/faults.md.
+Each scenario records one row (messages in, stored, dead-lettered, lost, duplicated, dead
+letters repeated, recovery time). The row is printed, and appended as a JSON line to
+$MATCHOPS_FAULTS_REPORT when that is set: `bench/faults.py` (`make faults-report`) runs the
+suite that way and renders the rows as the table in docs/faults.md.
 """
 
 from __future__ import annotations

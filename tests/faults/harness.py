@@ -303,7 +303,7 @@ class Tally:
     dead_lettered: int  # distinct messages in the dead-letter queue
     lost: int  # valid messages whose match is missing or stale, poison not dead-lettered
     duplicated: int  # rows beyond one per match, and rows no message asked for
-    dead_letter_repeats: int  # extra copies of a message in the dead-letter queue
+    dead_letters_repeated: int  # extra copies of a message in the dead-letter queue
     valid_dead_lettered: list[str]
     wrong_reasons: dict[str, str]
     missing_poison: list[str]
@@ -316,7 +316,8 @@ class Tally:
         matches = dict(list(self.wrong_matches.items())[:5])
         reasons = dict(list(self.wrong_reasons.items())[:5])
         return (
-            f"lost {self.lost}, duplicated {self.duplicated}, valid dead-lettered "
+            f"lost {self.lost}, duplicated {self.duplicated}, dead letters repeated "
+            f"{self.dead_letters_repeated}, valid dead-lettered "
             f"{self.valid_dead_lettered[:5]}, wrong reasons {reasons}, poison missing "
             f"{self.missing_poison[:5]}, wrong matches (stored, expected) {matches}"
         )
@@ -330,6 +331,7 @@ class Tally:
             dead_lettered=self.dead_lettered,
             lost=self.lost,
             duplicated=self.duplicated,
+            dead_letters_repeated=self.dead_letters_repeated,
             recovery=recovery,
             notes=notes,
         )
@@ -365,7 +367,7 @@ def account(workload: Workload, dsn: str, dead: list[Message]) -> Tally:
         dead_lettered=len(seen),
         lost=lost_valid + len(missing_poison),
         duplicated=duplicated,
-        dead_letter_repeats=sum(count - 1 for count in seen.values()),
+        dead_letters_repeated=sum(count - 1 for count in seen.values()),
         valid_dead_lettered=valid_dead,
         wrong_reasons=wrong_reasons,
         missing_poison=missing_poison,

@@ -15,7 +15,10 @@ class Figures:
     stored: int | None
     dead_lettered: int | None
     lost: int | None
+    # A second effect in PostgreSQL: a second row for one match, or a row nobody asked for.
     duplicated: int
+    # Extra copies of one message in the dead-letter queue (at-least-once into it).
+    dead_letters_repeated: int | None
     recovery: str
     notes: str = ""
 

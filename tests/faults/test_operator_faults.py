@@ -165,6 +165,7 @@ def test_operator_killed_mid_reconcile_converges(
             dead_lettered=None,
             lost=None,
             duplicated=0,
+            dead_letters_repeated=None,
             recovery=f"{seconds(converged)} from start to converged",
             notes=(
                 f"{unfinished} kills landed before a spec change was fully applied; one CronJob "
@@ -261,6 +262,7 @@ def test_operator_replicas_elect_one_and_hand_over(
             dead_lettered=None,
             lost=None,
             duplicated=0,
+            dead_letters_repeated=None,
             recovery=(
                 f"standby applied a change {seconds(took_over)} after the kill, "
                 f"{seconds(handed_over)} after a clean stop"

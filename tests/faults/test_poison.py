@@ -81,6 +81,8 @@ def drain_rate(workload: Workload, vhost: Vhost, dsn: str, state: Path) -> tuple
 def assert_all_accounted(tally: Tally, workload: Workload, valid: int) -> None:
     assert tally.lost == 0, tally.problems()
     assert tally.duplicated == 0, tally.problems()
+    # Nothing killed a worker: every dead-letter copy was acked once confirmed.
+    assert tally.dead_letters_repeated == 0, tally.problems()
     assert tally.valid_dead_lettered == [], tally.problems()
     assert tally.wrong_reasons == {}, tally.problems()
     assert tally.stored == valid
@@ -99,6 +101,7 @@ def totals(tallies: list[Tally], scenario: str, notes: str) -> Figures:
         dead_lettered=sum(tally.dead_lettered for tally in tallies),
         lost=sum(tally.lost for tally in tallies),
         duplicated=sum(tally.duplicated for tally in tallies),
+        dead_letters_repeated=sum(tally.dead_letters_repeated for tally in tallies),
         recovery="n/a",
         notes=notes,
     )

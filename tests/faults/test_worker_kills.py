@@ -66,10 +66,7 @@ def test_workers_killed_at_random_lose_and_repeat_nothing(
         tally.figures(
             scenario=f"{WORKERS} workers SIGKILLed {kills} times while draining",
             recovery=f"replacement consuming {seconds(max(pool.replacements))} after a kill (max)",
-            notes=(
-                f"1 % poison; drained in {elapsed:.0f} s; dead letters repeated after a kill: "
-                f"{tally.dead_letter_repeats}"
-            ),
+            notes=f"1 % poison; drained in {elapsed:.0f} s",
         )
     )
     assert pool.kills == kills
@@ -79,8 +76,12 @@ def test_workers_killed_at_random_lose_and_repeat_nothing(
     assert tally.wrong_reasons == {}, tally.problems()
     assert tally.stored == workload.valid
     assert tally.dead_lettered == len(workload.poison)
-    # A kill between the dead-letter queue's confirm and the ack repeats at most that message.
-    assert tally.dead_letter_repeats <= kills
+    # A worker acks an invalid message once the broker has confirmed its dead-letter copy.
+    # Killed between that confirm and the ack reaching the broker, it leaves the message
+    # unacked: the broker redelivers it and another worker dead-letters it again. Delivery
+    # into the dead-letter queue is at least once, like everything else; a kill repeats only
+    # the invalid messages in that gap, of which a worker holds about two at 1 % poison.
+    assert tally.dead_letters_repeated <= kills, tally.problems()
     for table, (rows, names) in reference_counts(database).items():
         assert rows == names, f"{table}: a name was created twice"
     assert vhost.depth(QUEUE) == 0
