@@ -8,6 +8,10 @@ import (containers write to snapshots of their own), so nodes share them safely;
 bolt databases containerd writes are copied instead of linked. A seed is keyed by the image
 archives (whose names carry their recipe stamps) and containerd's version, so a rebuilt image
 makes a new seed and the old one is removed.
+
+The importing containerd runs in a state directory claimed from `statedir`: when the process
+importing dies, the next claim stops that containerd by its pid file, and the next import
+unmounts and removes the half-made store before starting again.
 """
 
 from __future__ import annotations
@@ -16,12 +20,12 @@ import contextlib
 import fcntl
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from matchops_devenv import images, leftovers, procs
+from matchops_devenv import images, leftovers, procs, statedir
 from matchops_devenv.image_inputs import stamp_of
+from matchops_devenv.nodeconfig import render_toml
 
 NAMESPACE = "k8s.io"
 SNAPSHOTTER = "overlayfs"
@@ -31,6 +35,7 @@ DATABASES = (
     Path(f"io.containerd.snapshotter.v1.{SNAPSHOTTER}") / "metadata.db",
 )
 COMPLETE = "complete"
+SOCKET = "containerd.sock"
 
 
 class SeedError(RuntimeError):
@@ -81,41 +86,77 @@ def ensure_seed(archives: Sequence[Path]) -> Path:
             _make_seed(seed, archives)
         for other in seeds_dir().iterdir():
             if other.is_dir() and other != seed:
-                leftovers.remove_tree(other)
+                _remove(other)
     return seed
 
 
 def _make_seed(seed: Path, archives: Sequence[Path]) -> None:
     partial = seed.with_name(f".{seed.name}.partial")
-    leftovers.remove_tree(partial)
-    partial.mkdir(parents=True)
-    # containerd's socket path must stay short; the cache directory may be deep.
-    with tempfile.TemporaryDirectory(prefix="matchops-seed-") as run:
-        socket = Path(run) / "containerd.sock"
-        config = Path(run) / "config.toml"
-        config.write_text(
-            f'version = 2\nroot = "{partial / "root"}"\nstate = "{Path(run) / "state"}"\n'
-            # Nothing here runs containers: the CRI plugin would only look for CNI and warn.
-            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-            f'[grpc]\naddress = "{socket}"\n'
-        )
-        service = procs.Service(
-            "containerd", ["containerd", "--config", str(config)], Path(run), cwd=Path(run)
-        )
-        service.start()
+    # A state directory of its own: if this process dies mid-import, the next claim stops the
+    # import's containerd by its pid file and removes the directory.
+    run = statedir.claim("seed")
+    try:
+        # What a crashed import left: the layer it was unpacking may still be mounted.
+        _remove(partial)
+        partial.mkdir(parents=True)
         try:
-            service.wait_ready(lambda: socket.exists(), timeout=30)
-            for archive in archives:
-                images.import_archive(archive, str(socket), NAMESPACE, SNAPSHOTTER)
+            with private_containerd(run, partial / "root") as socket:
+                for archive in archives:
+                    images.import_archive(archive, str(socket), NAMESPACE, SNAPSHOTTER)
         except (procs.ServiceError, images.ImageError) as error:
             raise SeedError(f"importing images into a new containerd store: {error}") from error
-        finally:
-            service.stop(timeout=10)
-            leftovers.unmount_under(Path(run))
-        if leftovers.mounts_under(partial):
-            raise SeedError(f"containerd left mounts in {partial} after importing")
+    finally:
+        statedir.release(run)
+    if leftovers.mounts_under(partial):
+        raise SeedError(f"containerd left mounts in {partial} after importing")
     partial.replace(seed)
     (seed / COMPLETE).write_text("")
+
+
+def private_config(directory: Path, root: Path) -> str:
+    """The configuration of a containerd that runs no pods, with its files in `directory`.
+
+    Its images and snapshots go to `root`; nothing goes to the host's /run, /var or /opt.
+    """
+    return render_toml(
+        {
+            "version": 2,
+            "root": str(root),
+            "state": str(directory / "state"),
+            # No pods: the CRI plugin would only look for CNI and warn.
+            "disabled_plugins": ["io.containerd.grpc.v1.cri"],
+            "grpc": {"address": str(directory / SOCKET)},
+            "plugins": {"io.containerd.internal.v1.opt": {"path": str(directory / "opt")}},
+        }
+    )
+
+
+@contextlib.contextmanager
+def private_containerd(directory: Path, root: Path) -> Iterator[Path]:
+    """A containerd of `private_config` running until the block ends; its socket.
+
+    `directory` must be short: containerd refuses long socket paths. What it leaves mounted
+    under `directory` is unmounted after it stops.
+    """
+    config = directory / "config.toml"
+    config.write_text(private_config(directory, root))
+    socket = directory / SOCKET
+    service = procs.Service(
+        "containerd", ["containerd", "--config", str(config)], directory, cwd=directory
+    )
+    service.start()
+    try:
+        service.wait_ready(socket.is_socket, timeout=30)
+        yield socket
+    finally:
+        service.stop(timeout=10)
+        leftovers.unmount_under(directory)
+
+
+def _remove(path: Path) -> None:
+    """Delete an image store, unmounting first what an import that crashed left mounted."""
+    leftovers.unmount_under(path)
+    leftovers.remove_tree(path)
 
 
 def remove_seeds() -> None:
@@ -123,7 +164,7 @@ def remove_seeds() -> None:
     with _locked(exclusive=True):
         for seed in seeds_dir().iterdir():
             if seed.is_dir():
-                leftovers.remove_tree(seed)
+                _remove(seed)
 
 
 def link_root(seed: Path, root: Path) -> None:

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from matchops_devenv import images
 from matchops_devenv.broker_tools import Vhost
+from matchops_devenv.containerd import private_containerd
 from matchops_devenv.images import LocalImage
 from matchops_devenv.ports import free_port
 from matchops_devenv.procs import Service
@@ -305,36 +306,11 @@ def test_pause_exits_zero_on_sigterm(pause_in_pid_namespace: tuple[Service, int]
     assert service.process.wait(timeout=5) == 0
 
 
-CONTAINERD_CONFIG = """\
-version = 2
-root = "{dir}/root"
-state = "{dir}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-
-[grpc]
-  address = "{dir}/containerd.sock"
-
-[ttrpc]
-  address = "{dir}/containerd.sock.ttrpc"
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{dir}/opt"
-"""
-
-
 @pytest.fixture
 def containerd(tmp_path: Path) -> Iterator[str]:
     """A private containerd (no CRI) on a socket of its own; its address."""
-    config = tmp_path / "config.toml"
-    config.write_text(CONTAINERD_CONFIG.format(dir=tmp_path))
-    address = str(tmp_path / "containerd.sock")
-    service = Service("containerd", ["containerd", "--config", str(config)], state_dir=tmp_path)
-    service.start()
-    try:
-        service.wait_ready(lambda: Path(address).is_socket(), timeout=30)
-        yield address
-    finally:
-        service.stop(timeout=10)
+    with private_containerd(tmp_path, tmp_path / "root") as socket:
+        yield str(socket)
 
 
 def test_archives_import_into_containerd_and_run(

@@ -1,9 +1,10 @@
 """A node leaves nothing on the host: not when stopped, not after its owner was killed.
 
-Each test runs its own control plane and node (pause image only) with a pod holding a host
-port and a volume, so there are containers, shims, mounts, a pod network namespace and CNI
-state to clean up. What is left is looked up independently of the node's own code: /proc,
-mountinfo, cgroupfs, /run/netns, /sys/class/net, iptables-save and the files it wrote.
+Each test runs its own control plane and node with a pod holding a host port and a volume, so
+there are containers, shims, mounts, a pod network namespace and CNI state to clean up. What is
+left is looked up independently of the node's own code: /proc, mountinfo, cgroupfs,
+/run/netns, /sys/class/net, iptables-save and the files it wrote. An image import killed
+half-way is cleaned up by the next one.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from matchops_devenv import toolchain
+from matchops_devenv import containerd, images, leftovers, statedir, toolchain
 from matchops_devenv.access import ClusterAccess
 from matchops_devenv.controlplane import ControlPlane
 from matchops_devenv.images import PAUSE_IMAGE
@@ -252,3 +253,82 @@ def test_cluster_down_removes_the_node_of_a_killed_owner(short_dir: Path) -> Non
         p for p in os.listdir("/proc") if p.isdigit() and marker in _cmdline(p) and _running(p)
     ]
     assert down.stdout.strip() == "cluster: stopped"
+
+
+# Imports the archive for real, then stands for an import killed while containerd unpacks a
+# layer: containerd keeps running, and the layer it had mounted stays mounted.
+KILLED_IMPORT = """
+import subprocess, sys, time
+from pathlib import Path
+from matchops_devenv import containerd, images
+
+imported = images.import_archive
+
+def import_and_hang(archive, address, namespace, snapshotter):
+    imported(archive, address, namespace, snapshotter)
+    (partial,) = containerd.seeds_dir().glob(".*.partial")
+    layer = partial / "root" / "tmpmounts" / "containerd-mount1"
+    layer.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "layer", str(layer)], check=True)
+    print(partial, flush=True)
+    time.sleep(600)
+
+images.import_archive = import_and_hang
+containerd.ensure_seed([Path(sys.argv[1])])
+"""
+
+
+def test_an_image_import_killed_half_way_is_cleaned_up_by_the_next(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = images.ensure_pause_image().archive
+    assert archive is not None
+    # An image store and state directories of the test's own, away from the nodes' cache.
+    monkeypatch.setenv("MATCHOPS_CACHE", str(short_dir / "cache"))
+    monkeypatch.setenv("MATCHOPS_STATE_DIR", str(short_dir / "state"))
+    state_root = statedir.state_root()
+    owner = subprocess.Popen(
+        [sys.executable, "-c", KILLED_IMPORT, str(archive)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert owner.stdout is not None
+        line = owner.stdout.readline()
+        assert line, owner.communicate(timeout=60)[1]
+        partial = Path(line.strip())
+        (pid_file,) = state_root.glob("seed-*/containerd.pid")
+        importer = int(pid_file.read_text())
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(timeout=10)
+        # What the next node start finds: the import's containerd still running, a layer
+        # still mounted in the half-made store.
+        assert _running(importer)
+        assert leftovers.mounts_under(partial)
+
+        seed = containerd.ensure_seed([archive])
+
+        assert not _running(importer)
+        assert leftovers.mounts_under(short_dir) == []
+        assert not partial.exists()
+        assert list(state_root.iterdir()) == []
+        assert (seed / containerd.COMPLETE).exists()
+    finally:
+        owner.kill()
+        owner.wait()
+        statedir.sweep(state_root)
+        leftovers.unmount_under(short_dir)
+    # The store works: a containerd on a linked copy of it has the image.
+    check = short_dir / "check"
+    check.mkdir()
+    containerd.link_root(seed, check / "root")
+    with containerd.private_containerd(check, check / "root") as socket:
+        ctr = ["ctr", "--address", str(socket), "--namespace", containerd.NAMESPACE]
+        listed = subprocess.run(
+            [*ctr, "images", "list", "--quiet"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+    assert PAUSE_IMAGE in listed
