@@ -112,38 +112,59 @@ def run_up(args: argparse.Namespace) -> int:
     except (ControlPlaneError, procs.ServiceError, toolchain.ToolchainError) as error:
         print(f"cluster: {error}", file=sys.stderr)
         return 1
+    # Each part is stopped whatever happens to the others: a node that fails to stop must not
+    # leave etcd and the API server running.
+    try:
+        code = _start_node_and_serve(plane, args, started, stop)
+    finally:
+        plane.stop()
+    if code == 0:
+        print("cluster: stopped", flush=True)
+    return code
+
+
+def _start_node_and_serve(
+    plane: ControlPlane, args: argparse.Namespace, started: float, stop: threading.Event
+) -> int:
+    """Start the node if asked, then serve until `stop` is set or a component exits."""
     node = None
     if args.node:
         node = Node(plane, NodeConfig(pod_subnet=args.pod_subnet), nodes_root=plane.layout.nodes)
         try:
             node.start()
         except NodeError as error:
-            plane.stop()
             print(f"cluster: node: {error}", file=sys.stderr)
             return 1
+    try:
+        _announce(plane, node, time.monotonic() - started)
+        return _serve(plane, node, stop)
+    finally:
+        if node is not None:
+            node.stop()
+
+
+def _announce(plane: ControlPlane, node: Node | None, seconds: float) -> None:
     kubeconfig = plane.layout.kubeconfig
-    print(f"cluster: ready in {time.monotonic() - started:.1f}s at {plane.server}")
+    print(f"cluster: ready in {seconds:.1f}s at {plane.server}")
     if node is not None:
         print(f"cluster: node {node.name} Ready ({node.timings}); state {node.state_dir}")
         print(f"cluster: pods reach this machine's loopback services at {node.host_address}")
     print(f"cluster: kubeconfig {kubeconfig}")
     print(f"  export KUBECONFIG={kubeconfig}")
     print("cluster: Ctrl-C or `python -m matchops_devenv cluster down` stops it", flush=True)
-    try:
-        while not stop.wait(1.0):
-            failed = plane.failed() or (node.failed() if node is not None else None)
-            if failed is not None:
-                print(
-                    f"cluster: {failed.name} exited; log {failed.log_path}:\n"
-                    f"{procs.tail(failed.log_path)}",
-                    file=sys.stderr,
-                )
-                return 1
-    finally:
-        if node is not None:
-            node.stop()
-        plane.stop()
-    print("cluster: stopped", flush=True)
+
+
+def _serve(plane: ControlPlane, node: Node | None, stop: threading.Event) -> int:
+    """0 once `stop` is set; 1 when a component exits on its own."""
+    while not stop.wait(1.0):
+        failed = plane.failed() or (node.failed() if node is not None else None)
+        if failed is not None:
+            print(
+                f"cluster: {failed.name} exited; log {failed.log_path}:\n"
+                f"{procs.tail(failed.log_path)}",
+                file=sys.stderr,
+            )
+            return 1
     return 0
 
 

@@ -53,9 +53,9 @@ def test_stop_leaves_no_process_behind(tmp_path: Path) -> None:
 
 
 class Up:
-    """`python -m matchops_devenv cluster up` running in the background."""
+    """`python -m matchops_devenv cluster up [flags]` running in the background."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *flags: str) -> None:
         self.state_dir = state_dir
         self.process = subprocess.Popen(
             [
@@ -66,6 +66,7 @@ class Up:
                 "--state-dir",
                 str(state_dir),
                 "up",
+                *flags,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

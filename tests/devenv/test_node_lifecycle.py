@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -27,6 +28,8 @@ from matchops_devenv.access import ClusterAccess
 from matchops_devenv.controlplane import ControlPlane
 from matchops_devenv.images import PAUSE_IMAGE
 from matchops_devenv.node import Node, NodeConfig
+
+from .test_lifecycle import Up, cli, processes_referring_to
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.node]
 
@@ -253,6 +256,35 @@ def test_cluster_down_removes_the_node_of_a_killed_owner(short_dir: Path) -> Non
         p for p in os.listdir("/proc") if p.isdigit() and marker in _cmdline(p) and _running(p)
     ]
     assert down.stdout.strip() == "cluster: stopped"
+
+
+def test_ctrl_c_in_cluster_up_with_a_node_stops_everything(short_dir: Path) -> None:
+    """What `make cluster` runs, stopped the way its users stop it."""
+    up = Up(short_dir / "cluster", "--node")
+    try:
+        kubeconfig = up.wait_ready()
+        node_line = next(line for line in up.output if line.startswith("cluster: node "))
+        state_dir = Path(node_line.rsplit("; state ", 1)[1].strip())
+        node_id = state_dir.name
+        access = ClusterAccess(kubeconfig, "", toolchain.program("kubectl"))
+        nodes = access.kubectl("get", "nodes").stdout
+        assert re.search(r"^matchops-node +Ready ", nodes, re.MULTILINE), nodes
+        run_pod(access)
+        pids, sockets = container_pids(node_id), shim_sockets(state_dir)
+        assert_present(traces(node_id, state_dir, pids, sockets))
+
+        up.process.send_signal(signal.SIGINT)
+        stdout, stderr = up.process.communicate(timeout=120)
+    finally:
+        if up.process.poll() is None:
+            up.process.kill()
+            up.process.wait()
+            cli(up.state_dir, "down")
+
+    assert up.process.returncode == 0, stderr
+    assert stdout.strip().endswith("cluster: stopped")
+    assert left_over(traces(node_id, state_dir, pids, sockets)) == {}
+    assert processes_referring_to(up.state_dir) == []
 
 
 # Imports the archive for real, then stands for an import killed while containerd unpacks a
