@@ -18,6 +18,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from matchops_devenv.procs import alive
+
 PROC = Path("/proc")
 MOUNTINFO = PROC / "self" / "mountinfo"
 # The kubelet links every container's log here, whatever its pod log directory is.
@@ -163,14 +165,17 @@ def shims_of(socket: Path) -> list[int]:
 
 
 def kill_pids(pids: list[int], timeout: float = 5.0) -> None:
-    """SIGKILL `pids` and wait until they are gone."""
+    """SIGKILL `pids` and wait until they have exited.
+
+    They are not this process's children (shims are reparented when containerd dies), so they
+    are watched in /proc, never reaped here: reaping any child would take the exit status of
+    someone else's.
+    """
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any((PROC / str(pid)).exists() for pid in pids):
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(-1, os.WNOHANG)
+    while time.monotonic() < deadline and any(alive(pid) for pid in pids):
         time.sleep(0.05)
 
 

@@ -105,7 +105,8 @@ class Service:
         self.pid_path.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether `pid` runs: it exists and is not a zombie waiting for its parent to reap it."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -124,12 +125,12 @@ def stop_group(pid: int, timeout: float = 15.0, sig: int = signal.SIGTERM) -> No
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and alive(pid):
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and alive(pid):
         time.sleep(0.05)
 
 
@@ -151,7 +152,7 @@ def reap_stale(state_dir: Path) -> list[int]:
         except (OSError, ValueError):
             pid_file.unlink(missing_ok=True)
             continue
-        if _alive(pid) and _refers_to(pid, marker):
+        if alive(pid) and _refers_to(pid, marker):
             stop_group(pid, timeout=5)
             reaped.append(pid)
         pid_file.unlink(missing_ok=True)

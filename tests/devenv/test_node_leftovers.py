@@ -1,10 +1,12 @@
 """Finding a node's files among others', and the registry of nodes, on scratch directories."""
 
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from matchops_devenv import leftovers, noderegistry, statedir
+from matchops_devenv import leftovers, noderegistry, procs, statedir
 
 
 def test_only_log_links_into_the_node_directory_are_removed(tmp_path: Path) -> None:
@@ -57,6 +59,20 @@ def test_sandbox_ids_are_the_cri_sandbox_directories(tmp_path: Path) -> None:
     (tmp_path / "sandboxes" / "a").mkdir()
     assert leftovers.sandbox_ids(tmp_path) == ["a", "b"]
     assert leftovers.sandbox_ids(tmp_path / "none") == []
+
+
+def test_killing_pids_leaves_the_exit_status_of_other_children_alone() -> None:
+    finished = subprocess.Popen(["sh", "-c", "exit 3"])
+    target = subprocess.Popen(["sleep", "60"])
+    # Exited, not yet reaped: its status is waiting for this process.
+    while procs.alive(finished.pid):
+        time.sleep(0.01)
+
+    leftovers.kill_pids([target.pid])
+
+    assert not procs.alive(target.pid)
+    assert finished.wait(timeout=5) == 3
+    target.wait(timeout=5)
 
 
 def test_mountinfo_escapes_are_decoded() -> None:
