@@ -75,3 +75,12 @@ def vhost(rabbitmq: RabbitMQ) -> Iterator[Vhost]:
     url = rabbitmq.create_vhost(name)
     yield Vhost(name=name, url=url)
     rabbitmq.delete_vhost(name)
+
+
+@pytest.fixture
+def vhost_user(rabbitmq: RabbitMQ, vhost: Vhost) -> Iterator[str]:
+    """The name of a broker user for one test; `rabbitmq.set_user` creates it and sets its
+    permissions on the test's vhost."""
+    name = f"user-{uuid.uuid4().hex[:12]}"
+    yield name
+    rabbitmq.delete_user(name)

@@ -71,10 +71,14 @@ class RabbitMQ(LocalServer):
         """The address clients on this machine use (loopback when listening everywhere)."""
         return "127.0.0.1" if self.listen in ("0.0.0.0", "::") else self.listen  # noqa: S104
 
-    def url(self, vhost: str = "/", host: str | None = None) -> str:
-        """The AMQP URL of a virtual host, for clients reaching the node through `host`."""
+    def url(
+        self, vhost: str = "/", host: str | None = None, user: tuple[str, str] | None = None
+    ) -> str:
+        """The AMQP URL of a virtual host, for clients reaching the node through `host`, as
+        `user` (name, password; default the administrator)."""
+        name, password = user or (self.username, self.password)
         return (
-            f"amqp://{self.username}:{quote(self.password, safe='')}@{host or self.host}:"
+            f"amqp://{quote(name, safe='')}:{quote(password, safe='')}@{host or self.host}:"
             f"{self.port}/{quote(vhost, safe='')}"
         )
 
@@ -116,6 +120,32 @@ class RabbitMQ(LocalServer):
                 json={"configure": ".*", "write": ".*", "read": ".*"},
             ).raise_for_status()
         return self.url(name)
+
+    def set_user(
+        self,
+        name: str,
+        password: str,
+        vhost: str,
+        permissions: tuple[str, str, str] = (".*", ".*", ".*"),
+    ) -> str:
+        """Create or update a user whose (configure, write, read) patterns on `vhost` are
+        `permissions`; returns its AMQP URL of that vhost."""
+        configure, write, read = permissions
+        with self.management() as api:
+            api.put(
+                f"/users/{quote(name, safe='')}", json={"password": password, "tags": ""}
+            ).raise_for_status()
+            api.put(
+                f"/permissions/{quote(vhost, safe='')}/{quote(name, safe='')}",
+                json={"configure": configure, "write": write, "read": read},
+            ).raise_for_status()
+        return self.url(vhost, user=(name, password))
+
+    def delete_user(self, name: str) -> None:
+        with self.management() as api:
+            response = api.delete(f"/users/{quote(name, safe='')}")
+            if response.status_code != 404:
+                response.raise_for_status()
 
     def delete_vhost(self, name: str) -> None:
         with self.management() as api:

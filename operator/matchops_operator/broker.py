@@ -2,13 +2,12 @@
 
 Every function here is blocking and short-lived (one connection per call); the reconciler runs
 them in a worker thread. Failures come out as `Problem`s worded for the user; a queue that
-exists with other arguments is reported with RabbitMQ's own text and does not stop the backlog
-from being read.
+exists with other arguments, or a declaration the user has no permission for, is reported with
+RabbitMQ's own text and does not stop the backlog from being read.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,15 +18,22 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import httpx
 import pika
 import pika.exceptions
-from matchops_worker.topology import Policy, Topology, TopologyConflict, declare
+from matchops_worker.topology import (
+    Policy,
+    Topology,
+    TopologyConflict,
+    TopologyRefused,
+    declare,
+)
 
 from matchops_operator.problems import Problem, retrying, stalled
 from matchops_operator.scaling import Observation
 
 CONNECTION_NAME = "matchops-operator"
 TIMEOUT_SECONDS = 10.0
-_REFUSED = 403  # ACCESS_REFUSED: bad credentials
+_REFUSED = 403  # ACCESS_REFUSED: bad credentials, or (on a channel) a missing permission
 _NOT_ALLOWED = 530  # NOT_ALLOWED: no access to the virtual host
+_IN_USE = 406  # PRECONDITION_FAILED: an exchange deleted if unused still has bindings
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,8 @@ def sync(access: BrokerAccess, topology: Topology) -> BrokerReport:
                 f"({conflict.reason}); change spec.broker to match it, or move its messages "
                 "and delete it",
             )
+        except TopologyRefused as refused:
+            problem = _refused(parameters, refused.action, refused)
         else:
             channel.close()
         ready, consumers = _depth(connection, topology.queue)
@@ -112,10 +120,17 @@ def delete_topology(access: BrokerAccess, topology: Topology) -> None:
     with _connection(parameters, access) as connection:
         channel = connection.channel()
         for queue in topology.queues:
-            channel.queue_delete(queue=queue.name)
-        # An exchange still bound to other queues stays for their producers (406, ignored).
-        with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
+            action = f"delete queue {queue.name}"
+            try:
+                channel.queue_delete(queue=queue.name)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                raise _refused(parameters, action, exc) from exc
+        try:
             channel.exchange_delete(exchange=topology.exchange, if_unused=True)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            # An exchange still bound to other queues stays for their producers.
+            if exc.reply_code != _IN_USE:
+                raise _refused(parameters, f"delete exchange {topology.exchange}", exc) from exc
     if access.management_url is not None:
         with _management(access.management_url, access.management_source) as api:
             for item in topology.policies:
@@ -187,6 +202,25 @@ def _connection(
     finally:
         if connection.is_open:
             connection.close()
+
+
+def _refused(
+    parameters: pika.URLParameters, action: str, exc: pika.exceptions.ChannelClosedByBroker
+) -> Problem:
+    """The broker's refusal of an operation on the topology, as a Problem naming it."""
+    user = parameters.credentials.username
+    vhost = parameters.virtual_host
+    if exc.reply_code == _REFUSED:
+        return stalled(
+            "BrokerPermissionDenied",
+            f"RabbitMQ user {user} may not {action} in vhost {vhost} ({exc.reply_text}); "
+            "grant it configure, write and read permissions on the pipeline's exchange and "
+            f"queues, e.g. rabbitmqctl set_permissions -p {vhost} {user} '.*' '.*' '.*'",
+        )
+    return retrying(
+        "BrokerOperationFailed",
+        f"RabbitMQ refused to {action} in vhost {vhost}: {exc.reply_code} {exc.reply_text}",
+    )
 
 
 def _depth(connection: pika.BlockingConnection, queue: str) -> tuple[int | None, int | None]:

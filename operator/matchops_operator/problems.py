@@ -6,7 +6,11 @@ Event, never into a crash.
 
 from __future__ import annotations
 
+import logging
+
 from matchops_operator.conditions import Part, State
+
+log = logging.getLogger(__name__)
 
 
 class Problem(Exception):  # noqa: N818 - a cause reported to the user, not a bug
@@ -31,3 +35,15 @@ def stalled(reason: str, message: str) -> Problem:
 def retrying(reason: str, message: str) -> Problem:
     """A cause that may pass on its own; retried with backoff."""
     return Problem(reason, message, state="retrying")
+
+
+def as_problem(exc: Exception) -> Problem:
+    """A Problem as it is; any other exception is a fault of the operator, logged with its
+    traceback and reported as InternalError (retried with backoff) instead of a crash."""
+    if isinstance(exc, Problem):
+        return exc
+    log.error("unexpected %s", type(exc).__name__, exc_info=exc)
+    return retrying(
+        "InternalError",
+        f"unexpected {type(exc).__name__}: {exc}; the operator's log has the traceback",
+    )

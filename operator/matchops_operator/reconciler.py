@@ -27,7 +27,7 @@ from matchops_operator.desired.scraper import scraper_cronjob
 from matchops_operator.desired.topology import topology_for
 from matchops_operator.desired.workers import worker_deployment
 from matchops_operator.kube import Kube
-from matchops_operator.problems import Problem, stalled
+from matchops_operator.problems import Problem, as_problem, stalled
 from matchops_operator.spec import MatchIngestionSpec, SpecError, WorkersSpec, parse_spec
 from matchops_operator.status import (
     OWNED,
@@ -124,7 +124,15 @@ class Reconciler:
                 return Outcome()
             memory.generation = resource.generation
             run = _Run(self._kube, self._settings, resource, memory, self._clock())
-            observed = await run.execute()
+            try:
+                observed = await run.execute()
+            except Exception as exc:
+                # Each step reports its own failures; this is reporting itself failing (the
+                # status patch): an Event, and another attempt after the backoff.
+                problem = as_problem(exc)
+                event = EventSpec("Warning", problem.reason, problem.message)
+                await self._record(resource.owner, event)
+                return Outcome((problem,), self._back_off(memory))
             if not run.problems:
                 memory.failures, memory.next_attempt = 0, 0.0
                 return Outcome()
@@ -162,7 +170,8 @@ class Reconciler:
         try:
             access = await _broker_access(self._kube, owner, spec)
             await asyncio.to_thread(broker.delete_topology, access, topology)
-        except Problem as problem:
+        except Exception as exc:
+            problem = as_problem(exc)
             if problem.reason in ("SecretNotFound", "SecretKeyNotFound"):
                 message = f"queues {names} kept on the broker: {problem.message}"
                 await self._record(owner, EventSpec("Warning", "QueuesKept", message))
@@ -260,8 +269,8 @@ class _Run:
         try:
             access = await _broker_access(self.kube, self.owner, spec)
             report = await asyncio.to_thread(broker.sync, access, topology)
-        except Problem as problem:
-            return None, self._failed(problem).part(conditions.TOPOLOGY_READY)
+        except Exception as exc:
+            return None, self._failed(as_problem(exc)).part(conditions.TOPOLOGY_READY)
         if report.problem is not None:
             return report, self._failed(report.problem).part(conditions.TOPOLOGY_READY)
         return report, conditions.topology_part(topology, report.policy)
@@ -281,8 +290,8 @@ class _Run:
                 self.owner, spec.scraper, spec.broker, topology, self.settings.image_pull_policy
             )
             applied = await self.kube.apply(desired, existing, self.owner)
-        except Problem as problem:
-            return None, self._failed(problem).part(conditions.SCRAPER_READY)
+        except Exception as exc:
+            return None, self._failed(as_problem(exc)).part(conditions.SCRAPER_READY)
         if applied.created:
             self.events.append(EventSpec("Normal", "Created", f"Created CronJob {name}"))
         return applied.object, conditions.scraper_part(name, applied.object)
@@ -298,9 +307,9 @@ class _Run:
         limits = _limits(spec.workers)
         try:
             existing = await self.kube.get(Deployment, self.owner, name)
-        except Problem as problem:
+        except Exception as exc:
             history = self.memory.history or history_from_status(self.previous, limits.min_replicas)
-            part = self._failed(problem).part(conditions.WORKERS_READY)
+            part = self._failed(as_problem(exc)).part(conditions.WORKERS_READY)
             return _Workers(scaling.Decision(history.replicas, "not applied", history), None, part)
         start = _replicas(existing) if existing is not None else limits.min_replicas
         history = self.memory.history or history_from_status(self.previous, start)
@@ -322,10 +331,10 @@ class _Run:
                 pull_policy=self.settings.image_pull_policy,
             )
             applied = await self.kube.apply(desired, existing, self.owner)
-        except Problem as problem:
+        except Exception as exc:
             # Nothing was applied: keep what the measurements taught, not the new replicas.
             kept = replace(decision.history, replicas=history.replicas)
-            part = self._failed(problem).part(conditions.WORKERS_READY)
+            part = self._failed(as_problem(exc)).part(conditions.WORKERS_READY)
             return _Workers(scaling.Decision(history.replicas, "not applied", kept), None, part)
         if applied.created:
             self.events.append(EventSpec("Normal", "Created", f"Created Deployment {name}"))

@@ -9,7 +9,7 @@ from celery import Celery
 from matchops_devenv.broker_tools import Vhost
 from matchops_devenv.rabbitmq import RabbitMQ
 from matchops_worker.contract import CELERY_TASKS
-from matchops_worker.topology import TopologyConflict, build_topology, declare
+from matchops_worker.topology import TopologyConflict, TopologyRefused, build_topology, declare
 
 pytestmark = pytest.mark.integration
 
@@ -54,6 +54,37 @@ def test_exchange_of_another_type_is_a_conflict(vhost: Vhost) -> None:
     with vhost.channel() as channel, pytest.raises(TopologyConflict) as conflict:
         declare(channel, build_topology("matches"))
     assert (conflict.value.kind, conflict.value.name) == ("exchange", "matches")
+
+
+@pytest.mark.parametrize(
+    ("permissions", "action"),
+    [
+        (("^$", ".*", ".*"), "declare exchange matches"),
+        # A retry queue dead-letters through the default exchange, which takes write on it.
+        ((".*", "^$", ".*"), "declare queue matches.retry.10s"),
+        # Binding takes write on the queue: here only on the default exchange and retry queues.
+        (
+            (".*", r"^(amq\.default|matches\..+)$", ".*"),
+            "bind queue matches to exchange matches with routing key 'matches'",
+        ),
+    ],
+    ids=["no-configure", "no-write", "no-write-on-the-queue"],
+)
+def test_a_refused_declaration_names_what_was_refused(
+    rabbitmq: RabbitMQ,
+    vhost: Vhost,
+    vhost_user: str,
+    permissions: tuple[str, str, str],
+    action: str,
+) -> None:
+    limited = Vhost(vhost.name, rabbitmq.set_user(vhost_user, "secret", vhost.name, permissions))
+    with limited.channel() as channel, pytest.raises(TopologyRefused) as refused:
+        declare(channel, build_topology("matches"))
+    assert refused.value.action == action
+    assert refused.value.reply_code == 403
+    assert f"refused for user '{vhost_user}'" in refused.value.reply_text
+    # Code that handles the broker's refusals in general (the worker's reconnect loop) still does.
+    assert isinstance(refused.value, pika.exceptions.ChannelClosedByBroker)
 
 
 def celery_app(vhost: Vhost) -> Celery:

@@ -53,6 +53,20 @@ class TopologyConflict(RuntimeError):  # noqa: N818 - the name other packages im
         self.reason = reason
 
 
+class TopologyRefused(pika.exceptions.ChannelClosedByBroker):
+    """The broker refused a declaration or binding for another cause than a conflict.
+
+    Most often 403 ACCESS_REFUSED: the user lacks configure, write or read permission on the
+    object. Still a ChannelClosedByBroker, so code that handles the broker's refusals in general
+    goes on doing so; `action` says what was refused ("declare queue matches"). The broker
+    closes the channel.
+    """
+
+    def __init__(self, action: str, reply_code: int, reply_text: str) -> None:
+        super().__init__(reply_code, reply_text)
+        self.action = action
+
+
 @dataclass(frozen=True)
 class QueueDeclaration:
     """One durable queue and the arguments it is declared with."""
@@ -246,29 +260,40 @@ class DeclaringChannel(Protocol):
 def declare(channel: DeclaringChannel, topology: Topology) -> None:
     """Declare exchange, queues and bindings; idempotent.
 
-    Raises TopologyConflict when something of the same name exists with other settings; the
-    broker closes the channel then, so the caller needs a new one.
+    Raises TopologyConflict when something of the same name exists with other settings, and
+    TopologyRefused when the broker refuses for another cause (such as a missing permission);
+    the broker closes the channel then, so the caller needs a new one.
     """
-    with _conflict("exchange", topology.exchange):
+    with _refused(f"declare exchange {topology.exchange}", ("exchange", topology.exchange)):
         channel.exchange_declare(
             exchange=topology.exchange, exchange_type=EXCHANGE_TYPE, durable=True
         )
     for queue in topology.queues:
-        with _conflict("queue", queue.name):
+        with _refused(f"declare queue {queue.name}", ("queue", queue.name)):
             channel.queue_declare(
                 queue=queue.name, durable=True, arguments=dict(queue.arguments) or None
             )
     for binding in topology.bindings:
-        channel.queue_bind(
-            queue=binding.queue, exchange=binding.exchange, routing_key=binding.routing_key
-        )
+        with _refused(f"bind {_describe(binding, 'to')}"):
+            channel.queue_bind(
+                queue=binding.queue, exchange=binding.exchange, routing_key=binding.routing_key
+            )
+
+
+def _describe(binding: Binding, preposition: str) -> str:
+    return (
+        f"queue {binding.queue} {preposition} exchange {binding.exchange} "
+        f"with routing key {binding.routing_key!r}"
+    )
 
 
 @contextmanager
-def _conflict(kind: str, name: str) -> Iterator[None]:
+def _refused(action: str, declared: tuple[str, str] | None = None) -> Iterator[None]:
+    """The broker's refusal of `action` as TopologyRefused, or as TopologyConflict when it is
+    406 PRECONDITION_FAILED on the declaration of `declared` (kind, name)."""
     try:
         yield
     except pika.exceptions.ChannelClosedByBroker as exc:
-        if exc.reply_code == 406:
-            raise TopologyConflict(kind, name, str(exc.reply_text)) from exc
-        raise
+        if exc.reply_code == 406 and declared is not None:
+            raise TopologyConflict(*declared, str(exc.reply_text)) from exc
+        raise TopologyRefused(action, exc.reply_code, str(exc.reply_text)) from exc
