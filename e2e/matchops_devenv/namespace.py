@@ -1,8 +1,9 @@
-"""One test's namespace on the local control plane, and the MatchIngestions in it, via kubectl.
+"""One test's namespace on the local cluster, and the MatchIngestions in it, via kubectl.
 
-For the operator and fault tests, which run the operator against the control plane alone: they
-apply samples with changes, create Secrets, and read back conditions and Events. (End-to-end
-runs on a cluster with a node go through `pipeline` instead.)
+For the operator and fault tests, which run the operator on this machine against the session's
+cluster (its node may or may not have started for other tests: they never wait for pods), and
+for the node tests: they apply manifests and samples with changes, create Secrets, and read back
+conditions and Events. (End-to-end runs with the operator in a pod go through `pipeline`.)
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """Install the operator into the real test cluster with `helm install` and `kubectl apply -k`,
 read the objects back, and ask the API server what the operator's ServiceAccount may do.
 
-The operator pod stays Pending here (the control plane has no node); the node and end-to-end
-tests run it in a pod. Here the operator program runs on this machine instead, with the chart's
-settings and nothing but its ServiceAccount's token, against a real RabbitMQ: proof that the RBAC
-the chart grants is enough. The MatchIngestion CRD is cluster state shared with the rest of the
-session, so these tests leave it as they found it.
+The operator pod runs only if the session's node has started for other tests, so these tests
+never rely on it; the chart's images are used with imagePullPolicy Never, so nothing is pulled
+either way. The operator program runs on this machine instead, with the chart's settings and
+nothing but its ServiceAccount's token, against a real RabbitMQ: proof that the RBAC the chart
+grants is enough. The MatchIngestion CRD is cluster state shared with the rest of the session,
+so these tests leave it as they found it.
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ def hand_crd_to(cluster: ClusterAccess, release: str, namespace: str) -> None:
 def helm_install(cluster: ClusterAccess, release: str, namespace: str, *sets: str) -> None:
     hand_crd_to(cluster, release, namespace)
     args = ["install", release, str(CHART), "--namespace", namespace]
-    for value in ("image.tag=dev", "image.pullPolicy=Never", *sets):
+    never_pull = ("image.pullPolicy=Never", "image.childPullPolicy=Never")
+    for value in ("image.tag=dev", *never_pull, *sets):
         args += ["--set", value]
     notes = helm(cluster, *args)
     assert f"installed as release {release} in namespace {namespace}" in notes
