@@ -419,6 +419,33 @@ def test_refused_credentials_then_recovery(pipeline: Pipeline, operator: KopfRun
     pipeline.wait_condition("u14-northeast", "Ready", "True", timeout=30)
 
 
+def test_a_user_without_permission_is_a_condition_until_granted(
+    pipeline: Pipeline, operator: KopfRunner, vhost_user: str
+) -> None:
+    rabbitmq, vhost = pipeline.rabbitmq, pipeline.vhost.name
+    # May use the vhost, read and write, but not declare anything (configure '^$').
+    url = rabbitmq.set_user(vhost_user, "secret", vhost, ("^$", ".*", ".*"))
+    pipeline.secrets(url=url, management=False)
+    pipeline.apply(sample("minimal.yaml"))
+    stalled = pipeline.wait_condition("u14-northeast", "Stalled", "True", "BrokerPermissionDenied")
+    assert stalled["message"].startswith(
+        f"RabbitMQ user {vhost_user} may not declare exchange u14-northeast in vhost {vhost} "
+        "(ACCESS_REFUSED"
+    )
+    assert f"rabbitmqctl set_permissions -p {vhost} {vhost_user}" in stalled["message"]
+    topology = pipeline.condition("u14-northeast", "TopologyReady")
+    assert topology is not None
+    assert (topology["status"], topology["reason"]) == ("False", "BrokerPermissionDenied")
+    warnings = [e for e in pipeline.events("u14-northeast") if e["type"] == "Warning"]
+    assert [e["reason"] for e in warnings] == ["BrokerPermissionDenied"]
+    assert warnings[0]["message"] == stalled["message"]
+
+    rabbitmq.set_user(vhost_user, "secret", vhost)  # configure, write and read on everything
+    pipeline.wait_condition("u14-northeast", "Ready", "True", timeout=30)
+    assert pipeline.condition("u14-northeast", "Stalled") is None
+    assert pipeline.queue("u14-northeast") is not None
+
+
 def test_unreachable_broker_is_retried_until_it_answers(
     pipeline: Pipeline, operator: KopfRunner
 ) -> None:
