@@ -57,6 +57,20 @@ def test_publish_without_a_broker_url_explains(tmp_path: Path) -> None:
     assert "MATCHOPS_AMQP_URL" in result.stderr
 
 
+def test_an_invalid_setting_is_one_line_naming_the_variable(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps(MATCH) + "\n")
+    settings = {"MATCHOPS_QUEUE_TYPE": "stream"}
+    result = matchops("publish", str(path), url="amqp://localhost:1/", settings=settings)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "matchops: invalid producer configuration: "
+        "MATCHOPS_QUEUE_TYPE='stream' is not one of quorum, classic"
+    ]
+    # Commands that do not publish do not read the broker settings.
+    assert matchops("schema", settings=settings).returncode == 0
+
+
 @pytest.mark.integration
 def test_publish_refuses_a_file_with_invalid_messages(vhost: Vhost, tmp_path: Path) -> None:
     path = tmp_path / "m.jsonl"

@@ -1,7 +1,13 @@
 import logging
 
 import pytest
-from matchops_worker.config import ConfigError, load_config
+from matchops_worker.config import (
+    ConfigError,
+    comma_list,
+    load_config,
+    load_migrate_config,
+    load_producer_config,
+)
 
 REQUIRED = {
     "MATCHOPS_AMQP_URL": "amqp://u:p@rabbit:5672/%2F",
@@ -110,3 +116,60 @@ def test_every_problem_is_reported_at_once() -> None:
 def test_invalid_topology_names_are_configuration_errors() -> None:
     with pytest.raises(ConfigError, match="reserved prefix"):
         load_config({**REQUIRED, "MATCHOPS_QUEUE": "amq.matches"})
+
+
+@pytest.mark.parametrize("level", ["root", "basic_format", "5", "warn"])
+def test_a_log_level_is_one_of_the_names(level: str) -> None:
+    # Names of other `logging` attributes, a number, an alias: none is a level here.
+    with pytest.raises(ConfigError, match=f"MATCHOPS_LOG_LEVEL='{level}' is not one of"):
+        load_config({**REQUIRED, "MATCHOPS_LOG_LEVEL": level})
+
+
+def test_migrate_needs_only_the_database() -> None:
+    config = load_migrate_config({"MATCHOPS_DATABASE_DSN": "postgresql://db/m"})
+    assert (config.database_dsn, config.logging_level) == ("postgresql://db/m", logging.INFO)
+    debug = {"MATCHOPS_DATABASE_DSN": "postgresql://db/m", "MATCHOPS_LOG_LEVEL": "debug"}
+    assert load_migrate_config(debug).logging_level == logging.DEBUG
+    with pytest.raises(ConfigError) as error:
+        load_migrate_config({"MATCHOPS_LOG_LEVEL": "root"})
+    assert str(error.value) == (
+        "invalid migrate configuration: MATCHOPS_DATABASE_DSN is required; "
+        "MATCHOPS_LOG_LEVEL='root' is not one of debug, info, warning, error"
+    )
+
+
+def test_the_producer_publishes_into_the_workers_topology() -> None:
+    settings = {
+        "MATCHOPS_QUEUE": "u14",
+        "MATCHOPS_QUEUE_TYPE": "classic",
+        "MATCHOPS_RETRY_DELAYS": "1s,2s",
+        "MATCHOPS_ROUTING_KEYS": "u14.a,u14.b",
+    }
+    producer = load_producer_config(settings)
+    assert producer.amqp_url is None
+    assert producer.topology == load_config({**REQUIRED, **settings}).topology
+    assert producer.routing_key == "u14.a"
+
+
+def test_the_producer_defaults_to_the_workers_topology() -> None:
+    assert load_producer_config({}).topology == load_config(REQUIRED).topology
+
+
+def test_the_scraper_publishes_with_its_own_routing_key() -> None:
+    producer = load_producer_config(
+        {"MATCHOPS_ROUTING_KEYS": "a,b", "MATCHOPS_ROUTING_KEY": "b", "MATCHOPS_EXCHANGE": "x"}
+    )
+    assert (producer.topology.exchange, producer.routing_key) == ("x", "b")
+
+
+def test_the_producer_reports_every_problem_at_once() -> None:
+    with pytest.raises(ConfigError) as error:
+        load_producer_config({"MATCHOPS_QUEUE_TYPE": "stream", "MATCHOPS_RETRY_DELAYS": "soon"})
+    message = str(error.value)
+    assert message.startswith("invalid producer configuration: MATCHOPS_QUEUE_TYPE='stream'")
+    assert "MATCHOPS_RETRY_DELAYS: invalid duration 'soon'" in message
+
+
+def test_comma_lists_drop_spaces_and_empty_items() -> None:
+    assert comma_list(" U14, U15 ,,") == ["U14", "U15"]
+    assert comma_list(" ") == []

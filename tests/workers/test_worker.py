@@ -2,6 +2,7 @@
 
 import json
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from celery import Celery
 from matchops_devenv.broker_tools import Vhost
 from matchops_devenv.postgres import PostgreSQL
 from matchops_devenv.rabbitmq import RabbitMQ
-from matchops_devenv.worker import WorkerProcess
+from matchops_devenv.worker import WorkerProcess, worker_command
 from matchops_worker.contract import CELERY_TASKS
 from matchops_worker.sample import SeasonPlan, invalid_messages, season_reports
 from matchops_worker.store import Store
@@ -528,19 +529,32 @@ def test_health_and_metrics_endpoints(start_worker: StartWorker) -> None:
     assert metrics["matchops_worker_database_available"] == 1
 
 
-def test_invalid_configuration_exits_with_the_problems(tmp_path: Path) -> None:
-    import subprocess
-
-    from matchops_devenv.worker import worker_command
-
-    result = subprocess.run(
-        worker_command(),
-        env={"MATCHOPS_QUEUE_TYPE": "stream", "PATH": "/usr/bin:/bin"},
+def run_without_settings(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    """`matchops-worker` with only `settings` in its environment, to its exit."""
+    return subprocess.run(
+        [*worker_command(), *args],
+        env={**settings, "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_invalid_configuration_exits_with_the_problems() -> None:
+    result = run_without_settings(MATCHOPS_QUEUE_TYPE="stream")
     assert result.returncode == 2
     assert "MATCHOPS_AMQP_URL is required" in result.stderr
     assert "MATCHOPS_QUEUE_TYPE='stream'" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "migrate"])
+def test_an_odd_log_level_is_one_configuration_error(command: str) -> None:
+    # `root` names an attribute of Python's logging module that is not a level.
+    result = run_without_settings(command, MATCHOPS_LOG_LEVEL="root")
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    entry = json.loads(line)
+    assert entry["level"] == "error"
+    assert "MATCHOPS_DATABASE_DSN is required" in entry["message"]
+    assert "MATCHOPS_LOG_LEVEL='root' is not one of debug, info, warning, error" in entry["message"]

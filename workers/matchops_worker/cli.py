@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pika.exceptions
 
+from matchops_worker.config import comma_list, load_producer_config
 from matchops_worker.contract import (
     CELERY_TASKS,
     MatchReport,
@@ -20,7 +21,6 @@ from matchops_worker.contract import (
 )
 from matchops_worker.producer import Publisher, PublishError, Target, read_messages
 from matchops_worker.sample import SeasonPlan, invalid_messages, mixed_stream, season_reports
-from matchops_worker.topology import build_topology
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,26 +75,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _broker_options(parser: argparse.ArgumentParser) -> None:
-    queue = os.environ.get("MATCHOPS_QUEUE") or "matches"
-    keys = [k.strip() for k in os.environ.get("MATCHOPS_ROUTING_KEYS", "").split(",") if k.strip()]
-    # The operator's scraper CronJob names the one key to publish with in MATCHOPS_ROUTING_KEY.
-    routing_key = os.environ.get("MATCHOPS_ROUTING_KEY") or (keys[0] if keys else None)
+    # Defaults come from the MATCHOPS_* settings, read when publishing (load_producer_config).
+    parser.add_argument("--url", help="AMQP URL (default: $MATCHOPS_AMQP_URL)")
     parser.add_argument(
-        "--url",
-        default=os.environ.get("MATCHOPS_AMQP_URL"),
-        help="AMQP URL (default: $MATCHOPS_AMQP_URL)",
+        "--queue", help="queue, for --declare (default: $MATCHOPS_QUEUE, else matches)"
     )
     parser.add_argument(
-        "--queue", default=queue, help="queue, for --declare (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--exchange",
-        default=os.environ.get("MATCHOPS_EXCHANGE") or None,
-        help="exchange (default: $MATCHOPS_EXCHANGE, else the queue name)",
+        "--exchange", help="exchange (default: $MATCHOPS_EXCHANGE, else the queue name)"
     )
     parser.add_argument(
         "--routing-key",
-        default=routing_key,
         help="routing key (default: $MATCHOPS_ROUTING_KEY, else the first of "
         "$MATCHOPS_ROUTING_KEYS, else the queue name)",
     )
@@ -133,8 +123,8 @@ def _publish(args: argparse.Namespace) -> int:
 def _sample_season(args: argparse.Namespace) -> int:
     plan = SeasonPlan(
         season=args.season,
-        age_groups=_items(args.age_groups),
-        divisions=_items(args.divisions),
+        age_groups=comma_list(args.age_groups),
+        divisions=comma_list(args.divisions),
         teams_per_division=args.teams,
         completed_share=args.completed_share,
         seed=args.seed,
@@ -151,19 +141,20 @@ def _sample_season(args: argparse.Namespace) -> int:
 
 
 def _send(args: argparse.Namespace, messages: list[bytes]) -> int:
-    if not args.url:
+    # An option given on the command line takes the place of its variable.
+    options = {
+        "MATCHOPS_AMQP_URL": args.url,
+        "MATCHOPS_QUEUE": args.queue,
+        "MATCHOPS_EXCHANGE": args.exchange,
+        "MATCHOPS_ROUTING_KEY": args.routing_key,
+    }
+    config = load_producer_config({**os.environ, **{k: v for k, v in options.items() if v}})
+    if not config.amqp_url:
         raise ValueError("no broker URL: pass --url or set MATCHOPS_AMQP_URL")
-    topology = build_topology(
-        args.queue,
-        exchange=args.exchange,
-        routing_keys=[args.routing_key] if args.routing_key else None,
-        queue_type=os.environ.get("MATCHOPS_QUEUE_TYPE") or "quorum",
-        retry_delays=_items(os.environ.get("MATCHOPS_RETRY_DELAYS") or "10s,1m,5m"),
-        dead_letter_queue=os.environ.get("MATCHOPS_DEAD_LETTER_QUEUE") or None,
-    )
-    target = Target(topology.exchange, topology.routing_keys[0], args.task if args.celery else None)
+    topology = config.topology
+    target = Target(topology.exchange, config.routing_key, args.task if args.celery else None)
     started = time.monotonic()
-    with Publisher(args.url, target, topology if args.declare else None) as publisher:
+    with Publisher(config.amqp_url, target, topology if args.declare else None) as publisher:
         count = publisher.publish_all(messages)
     elapsed = max(time.monotonic() - started, 1e-6)
     print(
@@ -192,10 +183,6 @@ def _validate(messages: Sequence[bytes]) -> list[tuple[int, str]]:
         if not isinstance(parsed, MatchReport):
             problems.append((number, f"{parsed.reason}: {parsed.error}"))
     return problems
-
-
-def _items(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def _explain(exc: BaseException) -> str:

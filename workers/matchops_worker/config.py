@@ -1,4 +1,7 @@
-"""Worker settings from environment variables (the names are a contract with the operator).
+"""Settings from MATCHOPS_* environment variables (the names are a contract with the operator).
+
+The worker, its `migrate` command and the `matchops` producer load their settings here and
+nowhere else.
 
 An empty variable counts as unset, as Kubernetes manifests often render optional values empty.
 """
@@ -23,7 +26,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class ConfigError(ValueError):
-    """Settings the worker cannot run with; the message lists every problem."""
+    """Settings a command cannot run with; the message lists every problem."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,32 @@ class WorkerConfig:
 
     @property
     def logging_level(self) -> int:
-        return int(getattr(logging, self.log_level.upper()))
+        return _logging_level(self.log_level)
+
+
+@dataclass(frozen=True)
+class MigrateConfig:
+    """What `matchops-worker migrate` reads."""
+
+    database_dsn: str
+    log_level: str = "info"
+
+    @property
+    def logging_level(self) -> int:
+        return _logging_level(self.log_level)
+
+
+@dataclass(frozen=True)
+class ProducerConfig:
+    """What the `matchops` producer reads: the broker, and the pipeline to publish into."""
+
+    amqp_url: str | None
+    topology: Topology
+
+    @property
+    def routing_key(self) -> str:
+        """The key messages are published with."""
+        return self.topology.routing_keys[0]
 
 
 def load_config(env: Mapping[str, str] | None = None) -> WorkerConfig:
@@ -68,31 +96,17 @@ def load_config(env: Mapping[str, str] | None = None) -> WorkerConfig:
     reader = _Reader(os.environ if env is None else env)
     amqp_url = reader.required("MATCHOPS_AMQP_URL")
     database_dsn = reader.required("MATCHOPS_DATABASE_DSN")
-    queue = reader.text("MATCHOPS_QUEUE", "matches")
-    queue_type = reader.choice("MATCHOPS_QUEUE_TYPE", "quorum", QUEUE_TYPES)
-    delays = reader.durations("MATCHOPS_RETRY_DELAYS", ",".join(DEFAULT_RETRY_DELAYS))
+    topology = _topology(reader, reader.items("MATCHOPS_ROUTING_KEYS"))
     prefetch = reader.integer("MATCHOPS_PREFETCH", 200, minimum=1, maximum=65535)
     batch_size = reader.integer("MATCHOPS_BATCH_SIZE", 200, minimum=1, maximum=10000)
     batch_wait = reader.duration("MATCHOPS_BATCH_WAIT", "200ms")
     # PostgreSQL reads a statement_timeout of 0 as no limit at all.
     statement_timeout = reader.duration("MATCHOPS_STATEMENT_TIMEOUT", "30s", minimum=0.001)
     metrics_port = reader.integer("MATCHOPS_METRICS_PORT", 9100, minimum=0, maximum=65535)
-    log_level = reader.choice("MATCHOPS_LOG_LEVEL", "info", LOG_LEVELS)
+    log_level = _log_level(reader)
     declare_topology = reader.boolean("MATCHOPS_DECLARE_TOPOLOGY", False)
-    topology: Topology | None = None
-    try:
-        topology = build_topology(
-            queue,
-            exchange=reader.optional("MATCHOPS_EXCHANGE"),
-            routing_keys=reader.items("MATCHOPS_ROUTING_KEYS"),
-            queue_type=queue_type,
-            retry_delays=delays,
-            dead_letter_queue=reader.optional("MATCHOPS_DEAD_LETTER_QUEUE"),
-        )
-    except TopologyError as exc:
-        reader.problems.append(str(exc))
     if reader.problems or topology is None:
-        raise ConfigError("invalid worker configuration: " + "; ".join(reader.problems))
+        raise reader.error("worker configuration")
     return WorkerConfig(
         amqp_url=amqp_url,
         database_dsn=database_dsn,
@@ -107,12 +121,71 @@ def load_config(env: Mapping[str, str] | None = None) -> WorkerConfig:
     )
 
 
+def load_migrate_config(env: Mapping[str, str] | None = None) -> MigrateConfig:
+    """Read the settings `matchops-worker migrate` uses; raise ConfigError listing all problems."""
+    reader = _Reader(os.environ if env is None else env)
+    config = MigrateConfig(reader.required("MATCHOPS_DATABASE_DSN"), _log_level(reader))
+    if reader.problems:
+        raise reader.error("migrate configuration")
+    return config
+
+
+def load_producer_config(env: Mapping[str, str] | None = None) -> ProducerConfig:
+    """Read the settings of the `matchops` producer; raise ConfigError listing all problems.
+
+    `MATCHOPS_ROUTING_KEY`, which the operator sets on its scraper CronJob, names the one key
+    to publish with; without it, messages go out with the first of `MATCHOPS_ROUTING_KEYS`.
+    """
+    reader = _Reader(os.environ if env is None else env)
+    routing_key = reader.optional("MATCHOPS_ROUTING_KEY")
+    keys = [routing_key] if routing_key else reader.items("MATCHOPS_ROUTING_KEYS")
+    topology = _topology(reader, keys)
+    if reader.problems or topology is None:
+        raise reader.error("producer configuration")
+    return ProducerConfig(reader.optional("MATCHOPS_AMQP_URL"), topology)
+
+
+def comma_list(text: str) -> list[str]:
+    """The items of a comma-separated list, trimmed, empty ones left out."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _topology(reader: _Reader, routing_keys: list[str] | None) -> Topology | None:
+    """The pipeline's topology from its MATCHOPS_* settings; None when they do not make one."""
+    queue = reader.text("MATCHOPS_QUEUE", "matches")
+    queue_type = reader.choice("MATCHOPS_QUEUE_TYPE", "quorum", QUEUE_TYPES)
+    delays = reader.durations("MATCHOPS_RETRY_DELAYS", ",".join(DEFAULT_RETRY_DELAYS))
+    try:
+        return build_topology(
+            queue,
+            exchange=reader.optional("MATCHOPS_EXCHANGE"),
+            routing_keys=routing_keys,
+            queue_type=queue_type,
+            retry_delays=delays,
+            dead_letter_queue=reader.optional("MATCHOPS_DEAD_LETTER_QUEUE"),
+        )
+    except TopologyError as exc:
+        reader.problems.append(str(exc))
+        return None
+
+
+def _log_level(reader: _Reader) -> str:
+    return reader.choice("MATCHOPS_LOG_LEVEL", "info", LOG_LEVELS)
+
+
+def _logging_level(name: str) -> int:
+    return int(getattr(logging, name.upper()))
+
+
 class _Reader:
     """Reads variables, collecting problems so that one error message names them all."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
         self.problems: list[str] = []
+
+    def error(self, what: str) -> ConfigError:
+        return ConfigError(f"invalid {what}: " + "; ".join(self.problems))
 
     def optional(self, name: str) -> str | None:
         value = self.env.get(name, "").strip()
@@ -132,7 +205,7 @@ class _Reader:
         value = self.optional(name)
         if value is None:
             return None
-        return [item.strip() for item in value.split(",") if item.strip()] or None
+        return comma_list(value) or None
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = (self.optional(name) or default).lower()

@@ -32,6 +32,35 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+# Where pika reports a connection attempt that failed or a connection that was lost: seven
+# error records per failed attempt (one with a traceback), one per lost connection, all
+# followed by the exception the worker logs once itself, with its cause, before reconnecting
+# with backoff. During a broker outage they would bury every other line.
+_CONNECTION_LOGGERS: Final = frozenset(
+    {
+        "pika.adapters.base_connection",
+        "pika.adapters.utils.connection_workflow",
+        "pika.adapters.utils.io_services_utils",
+    }
+)
+_CONNECTION_MESSAGES: Final = frozenset(
+    {
+        "Connection workflow failed: %r",
+        "Error in _create_connection().",
+        "Unexpected connection close detected: %r",
+    }
+)
+
+
+class _PikaConnectionNoise(logging.Filter):
+    """Drops pika's records about failed and lost connections (see _CONNECTION_LOGGERS)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("pika."):
+            return True
+        return record.name not in _CONNECTION_LOGGERS and record.msg not in _CONNECTION_MESSAGES
+
+
 def configure(level: int = logging.INFO) -> None:
     """Send every log record to stderr as JSON; quieten chatty libraries."""
     handler = logging.StreamHandler(sys.stderr)
@@ -39,6 +68,9 @@ def configure(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # pika logs every connection step at INFO and reconnect noise at WARNING/ERROR; the worker
-    # logs what a user needs itself.
-    logging.getLogger("pika").setLevel(max(level, logging.CRITICAL))
+    # pika logs every connection step at INFO; its warnings and errors tell of what a user may
+    # need to act on (a channel closed by the broker, a connection blocked by a resource alarm).
+    pika_level = level if level <= logging.DEBUG else max(level, logging.WARNING)
+    logging.getLogger("pika").setLevel(pika_level)
+    if level > logging.DEBUG:
+        handler.addFilter(_PikaConnectionNoise())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import time
@@ -15,7 +14,13 @@ import prometheus_client
 import psycopg
 
 from matchops_worker import logs, store
-from matchops_worker.config import ConfigError, load_config
+from matchops_worker.config import (
+    ConfigError,
+    MigrateConfig,
+    WorkerConfig,
+    load_config,
+    load_migrate_config,
+)
 from matchops_worker.consumer import Backoff, Worker
 from matchops_worker.metrics import Health, Metrics, serve
 
@@ -41,18 +46,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="keep trying this long while the database is unreachable (default: 60)",
     )
     args = parser.parse_args(argv)
-    level = os.environ.get("MATCHOPS_LOG_LEVEL", "info").upper()
-    logs.configure(getattr(logging, level, logging.INFO))
-    if args.command == "migrate":
-        return run_migrate(args.wait)
-    return run_worker()
-
-
-def run_migrate(wait: float) -> int:
-    dsn = os.environ.get("MATCHOPS_DATABASE_DSN", "").strip()
-    if not dsn:
-        log.error("MATCHOPS_DATABASE_DSN is required")
+    logs.configure()  # until the settings name a level: a configuration error is logged too
+    config: MigrateConfig | WorkerConfig
+    try:
+        config = load_migrate_config() if args.command == "migrate" else load_config()
+    except ConfigError as exc:
+        log.error(str(exc))
         return 2
+    logs.configure(config.logging_level)
+    if isinstance(config, MigrateConfig):
+        return run_migrate(config.database_dsn, args.wait)
+    return run_worker(config)
+
+
+def run_migrate(dsn: str, wait: float) -> int:
     deadline = time.monotonic() + wait
     backoff = Backoff(maximum=5.0)
     while True:
@@ -77,13 +84,7 @@ def run_migrate(wait: float) -> int:
         return 0
 
 
-def run_worker() -> int:
-    try:
-        config = load_config()
-    except ConfigError as exc:
-        log.error(str(exc))
-        return 2
-    logging.getLogger().setLevel(config.logging_level)
+def run_worker(config: WorkerConfig) -> int:
     for note in config.notes():
         log.info(note)
     # `*_created` samples double the series and tell nothing a dashboard uses.
