@@ -53,7 +53,7 @@ class TopologyConflict(RuntimeError):  # noqa: N818 - the name other packages im
         self.reason = reason
 
 
-class TopologyRefused(pika.exceptions.ChannelClosedByBroker):
+class TopologyRefused(pika.exceptions.ChannelClosedByBroker):  # type: ignore[misc] # pika is untyped
     """The broker refused a declaration or binding for another cause than a conflict.
 
     Most often 403 ACCESS_REFUSED: the user lacks configure, write or read permission on the
