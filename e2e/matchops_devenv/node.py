@@ -187,6 +187,7 @@ class Node:
             with timings.measure("image seed"):
                 seed = containerd.ensure_seed(archives)
             self._programs = toolchain.programs(*PROGRAMS)
+            self._warn_about_skew()
             with timings.measure("sweep"):
                 self._sweep()
             self._register()
@@ -262,6 +263,21 @@ class Node:
         if self.layout is None:
             raise NodeError(f"node {self.name} is not running")
         return self.layout
+
+    def _api(self) -> KubeApi:
+        """The control plane's API server, as its admin."""
+        layout = self.control_plane.layout
+        return KubeApi(
+            self.control_plane.server, layout.cert("ca"), layout.cert("admin"), layout.key("admin")
+        )
+
+    def _warn_about_skew(self) -> None:
+        """Warn when the kubelet is of a release the API server does not support."""
+        server = self._api().get("/version") or {}
+        kubelet = toolchain.reported_version(self._programs["kubelet"])
+        problem = toolchain.kubelet_skew(str(server.get("gitVersion", "")), kubelet)
+        if problem is not None:
+            print(f"warning: node {self.name}: {problem}", file=sys.stderr)
 
     def _image_archives(self) -> list[Path]:
         """The image archives to import, built first where their recipe changed."""
@@ -426,12 +442,7 @@ class Node:
             [str(self._programs["kube-proxy"]), f"--config={layout.config('kube-proxy')}"],
             in_node=True,
         )
-        api = KubeApi(
-            plane.server,
-            plane.layout.cert("ca"),
-            plane.layout.cert("admin"),
-            plane.layout.key("admin"),
-        )
+        api = self._api()
         self._publish_api_endpoints(api)
         admin_tls = _tls(plane)
         scheduler.wait_ready(

@@ -10,11 +10,14 @@ and rebuilds it when its module changed, so a stale binary is never used.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
+# What build.sh builds; a program taken from $KUBEBUILDER_ASSETS may be another release.
 KUBERNETES_VERSION = "v1.37.2"
+SKEW_POLICY = "https://kubernetes.io/releases/version-skew-policy/"
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "e2e" / "toolchain" / "build.sh"
@@ -80,3 +83,37 @@ def _build(names: list[str], env: Mapping[str, str]) -> None:
             f"building {', '.join(names)} with {BUILD_SCRIPT} failed (exit {result.returncode});"
             " its output is above"
         )
+
+
+def reported_version(program: Path) -> str:
+    """The Kubernetes version a Kubernetes server program says it is (`--version`)."""
+    done = subprocess.run(
+        [str(program), "--version"], capture_output=True, text=True, timeout=60, check=False
+    )
+    match = re.fullmatch(r"Kubernetes (v\S+)", done.stdout.strip())
+    if done.returncode != 0 or match is None:
+        raise ToolchainError(
+            f"{program} --version gave no Kubernetes version (exit {done.returncode}): "
+            f"{(done.stdout + done.stderr).strip()!r}"
+        )
+    return match.group(1)
+
+
+def kubelet_skew(apiserver: str, kubelet: str) -> str | None:
+    """What is wrong with running a kubelet of version `kubelet` against `apiserver`, if anything.
+
+    Kubernetes supports kubelets up to the API server's minor version, never newer.
+    """
+    server, node = _minor(apiserver), _minor(kubelet)
+    if server is None or node is None or node <= server:
+        return None
+    return (
+        f"kubelet {kubelet} is newer than the API server {apiserver}, which Kubernetes does not "
+        f"support ({SKEW_POLICY}): use a kube-apiserver of {kubelet}'s minor release or newer "
+        "in $KUBEBUILDER_ASSETS, or unset it so that build.sh builds both"
+    )
+
+
+def _minor(version: str) -> tuple[int, int] | None:
+    match = re.match(r"v?(\d+)\.(\d+)", version)
+    return (int(match.group(1)), int(match.group(2))) if match else None

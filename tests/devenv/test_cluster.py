@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from matchops_devenv import pki
+from matchops_devenv import pki, toolchain
 from matchops_devenv.access import ClusterAccess, KubectlError
 from matchops_devenv.controlplane import ControlPlane
 from matchops_devenv.node import NodeConfig
-from matchops_devenv.toolchain import KUBERNETES_VERSION
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
@@ -71,11 +70,14 @@ def _widget(name: str, namespace: str, low: int, high: int) -> str:
     )
 
 
-def test_kubectl_reports_the_pinned_server_version(cluster: ClusterAccess) -> None:
+def test_server_runs_its_program_and_kubectl_is_of_the_same_release(
+    cluster: ClusterAccess, control_plane: ControlPlane
+) -> None:
     version = _json(cluster, "version")
+    server = version["serverVersion"]["gitVersion"]
 
-    assert version["serverVersion"]["gitVersion"] == KUBERNETES_VERSION
-    assert version["clientVersion"]["gitVersion"] == KUBERNETES_VERSION
+    assert server == toolchain.reported_version(control_plane.program("kube-apiserver"))
+    assert version["clientVersion"]["gitVersion"] == server
 
 
 def test_kubectl_lists_namespaces_and_nodes(cluster: ClusterAccess) -> None:

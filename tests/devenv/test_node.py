@@ -19,6 +19,7 @@ import pika
 import psycopg
 import pytest
 import yaml
+from matchops_devenv import toolchain
 from matchops_devenv.access import ClusterAccess
 from matchops_devenv.broker_tools import Vhost
 from matchops_devenv.images import PAUSE_IMAGE, PROJECT_IMAGE
@@ -166,7 +167,7 @@ def test_node_is_ready_with_the_images_imported(ns: Namespace, node: Node) -> No
     assert node.network is not None
     assert addresses["InternalIP"] == str(node.network.node_address)
     info = found["status"]["nodeInfo"]
-    assert info["kubeletVersion"] == "v1.37.2"
+    assert info["kubeletVersion"] == toolchain.reported_version(toolchain.program("kubelet"))
     assert info["containerRuntimeVersion"].startswith("containerd://1.6")
     socket = node.state_dir / "containerd" / "containerd.sock"
     listed = subprocess.run(
