@@ -70,7 +70,6 @@ def test_collapse_keeps_the_winner_per_match_in_identity_order() -> None:
     b = collapsed[1]
     assert b.report == completed_b
     assert b.position == 2
-    assert sorted(b.superseded) == [0, 4]
     assert [c.position for c in collapsed] == [3, 2, 1]
 
 
@@ -78,8 +77,12 @@ def test_collapse_of_nothing() -> None:
     assert collapse([]) == []
 
 
-def test_every_position_is_a_winner_or_superseded_once() -> None:
+def test_at_equal_status_the_last_arrival_of_each_match_wins() -> None:
     reports = [match(external_match_id=str(i % 3), home_score=i, away_score=0) for i in range(10)]
     collapsed = collapse(reports)
-    positions = [c.position for c in collapsed] + [p for c in collapsed for p in c.superseded]
-    assert sorted(positions) == list(range(10))
+    assert [(c.identity, c.position) for c in collapsed] == [
+        (("external", "0"), 9),
+        (("external", "1"), 7),
+        (("external", "2"), 8),
+    ]
+    assert all(c.report is reports[c.position] for c in collapsed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import wait
 
 import pika
@@ -9,7 +10,12 @@ import pika.exceptions
 import pytest
 from matchops_devenv.broker_tools import Vhost
 from matchops_devenv.rabbitmq import RabbitMQ
-from matchops_worker.deadletter import CopyFailed, DeadLetterSender, copy_properties
+from matchops_worker.deadletter import (
+    CLOSE_TIMEOUT,
+    CopyFailed,
+    DeadLetterSender,
+    copy_properties,
+)
 from matchops_worker.topology import build_topology, declare
 
 from .test_worker import wait_until
@@ -97,5 +103,17 @@ def test_after_a_lost_connection_the_next_copy_opens_a_new_one(
     assert bodies == ([b"first", b"second"] if failed else [b"first", b"racing", b"second"])
 
 
-def test_a_sender_never_used_closes_at_once(vhost: Vhost) -> None:
-    DeadLetterSender(vhost.url).close()
+def dead_letter_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "dead-letter" and t.is_alive()}
+
+
+def test_a_sender_never_used_opens_nothing_and_closes_at_once(vhost: Vhost) -> None:
+    before = dead_letter_threads()
+    sender = DeadLetterSender(vhost.url)
+    assert dead_letter_threads() == before  # the connection opens with the first copy
+    closing = threading.Thread(target=sender.close)
+    closing.start()
+    # With no copy to wait for, closing never waits for CLOSE_TIMEOUT.
+    closing.join(timeout=CLOSE_TIMEOUT / 3)
+    assert not closing.is_alive()
+    assert dead_letter_threads() == before

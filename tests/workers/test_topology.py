@@ -60,7 +60,6 @@ def test_retry_queue_for_each_attempt_then_none() -> None:
         None,
     ]
     assert topology.retry_queues == ("m.retry.1s", "m.retry.1m")
-    assert topology.max_retries == 3
     with pytest.raises(ValueError, match="count from 1"):
         topology.retry_queue_for(0)
 

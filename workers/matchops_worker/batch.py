@@ -8,7 +8,7 @@ workers writing overlapping batches lock rows in the same order and never deadlo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 from matchops_worker.contract import STATUS_RANK, MatchReport, name_key
@@ -58,12 +58,11 @@ def supersedes(new: MatchReport, old: MatchReport) -> bool:
 
 @dataclass
 class Collapsed:
-    """The winning report for one identity, and the positions of the reports it replaced."""
+    """The winning report for one identity, and its position in the batch."""
 
     identity: Identity
     report: MatchReport
     position: int
-    superseded: list[int] = field(default_factory=list)
 
 
 def collapse(reports: Sequence[MatchReport]) -> list[Collapsed]:
@@ -75,8 +74,5 @@ def collapse(reports: Sequence[MatchReport]) -> list[Collapsed]:
         if current is None:
             winners[key] = Collapsed(key, report, position)
         elif supersedes(report, current.report):
-            current.superseded.append(current.position)
             current.report, current.position = report, position
-        else:
-            current.superseded.append(position)
     return [winners[key] for key in sorted(winners)]

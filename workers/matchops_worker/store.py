@@ -214,13 +214,15 @@ class Store:
         cannot take batches at all.
         """
         prepared = batch if isinstance(batch, PreparedBatch) else self.prepare(batch)
-        results: list[Result | None] = [None] * len(prepared.reports)
-        self._write_isolating(list(range(len(prepared.reports))), prepared, results)
-        return [result if result is not None else Outcome.UNCHANGED for result in results]
+        positions = list(range(len(prepared.reports)))
+        results: dict[int, Result] = {}
+        self._write_isolating(positions, prepared, results)
+        return [results[position] for position in positions]
 
     def _write_isolating(
-        self, positions: list[int], prepared: PreparedBatch, results: list[Result | None]
+        self, positions: list[int], prepared: PreparedBatch, results: dict[int, Result]
     ) -> None:
+        """Fill `results` at every one of `positions`, or raise StoreUnavailable."""
         try:
             outcomes = self._write_once(prepared)
         except psycopg.Error as exc:

@@ -115,10 +115,6 @@ class Topology:
     dead_letter_queue: str
     delivery_limit: int = DEFAULT_DELIVERY_LIMIT
 
-    @property
-    def max_retries(self) -> int:
-        return len(self.retry_delays)
-
     def retry_queue_name(self, delay: float) -> str:
         return f"{self.queue}.retry.{format_duration(delay)}"
 
