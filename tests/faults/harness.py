@@ -1,6 +1,7 @@
 """Running fault scenarios: publish a workload, drive real workers, account for every message.
 
-`WorkerPool` runs real `matchops-worker` processes and can SIGKILL and replace them.
+`WorkerPool` runs real `matchops-worker` processes and can SIGKILL a consuming one (noting
+whether it was at work) and replace it.
 `Progress` samples how many messages the live workers have settled, to time recoveries.
 `account` compares what PostgreSQL and the dead-letter queue hold with what was published and
 names every message that is missing, duplicated or in the wrong place.
@@ -84,9 +85,43 @@ def publish(vhost: Vhost, messages: Iterable[Outgoing], layout: Topology) -> Non
 # --- workers -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Kill:
+    """One SIGKILL of a consuming worker, and whether it cut work short."""
+
+    # Messages the victim settled in the moment (`BUSY_WINDOW`) before the kill.
+    settled_before: float
+    # Messages ready in the queue at the kill.
+    waiting: int
+
+    @property
+    def mid_work(self) -> bool:
+        """The victim was settling messages while more waited. The broker keeps a consuming
+        worker's prefetch window full while messages wait, so it held unacknowledged ones."""
+        return self.settled_before > 0 and self.waiting > 0
+
+
+START_ATTEMPTS = 3
+# Long enough for a busy worker to commit a batch or two (a batch takes milliseconds to tens
+# of milliseconds).
+BUSY_WINDOW = 0.2
+
+
+def settled(worker: WorkerProcess) -> float:
+    """Messages a worker has settled: stored, skipped or dead-lettered."""
+    metrics = worker.metrics()
+    return sum(
+        metrics.get(f'matchops_worker_messages_total{{outcome="{name}"}}', 0.0) for name in SETTLED
+    )
+
+
 @dataclass
 class WorkerPool:
-    """Real `matchops-worker` processes on one virtual host and database."""
+    """Real `matchops-worker` processes on one virtual host and database.
+
+    `workers` holds only workers that have consumed: a replacement joins once it consumes, as
+    a pod joins its Service once ready.
+    """
 
     state_dir: Path
     amqp_url: str
@@ -94,7 +129,7 @@ class WorkerPool:
     layout: Topology
     settings: Mapping[str, str] = field(default_factory=dict)
     workers: list[WorkerProcess] = field(default_factory=list)
-    kills: int = 0
+    kills: list[Kill] = field(default_factory=list)
     # Seconds from each SIGKILL until its replacement consumed.
     replacements: list[float] = field(default_factory=list)
     _started: int = 0
@@ -128,29 +163,53 @@ class WorkerPool:
             name=f"worker-{number}",
         )
 
-    def kill_one(self, rng: random.Random) -> None:
-        """SIGKILL a random worker; a replacement starts in the background, as a pod would."""
+    def consuming(self) -> list[WorkerProcess]:
+        """The workers whose readiness endpoint says they consume now."""
         with self._lock:
-            victim = self.workers.pop(rng.randrange(len(self.workers)))
+            workers = list(self.workers)
+        ready = []
+        for worker in workers:
+            with contextlib.suppress(ServiceError):
+                if worker.ready():
+                    ready.append(worker)
+        return ready
+
+    def kill_one(self, rng: random.Random, vhost: Vhost) -> None:
+        """SIGKILL a random consuming worker, noting whether it was at work; a replacement
+        starts in the background, as a pod would."""
+        wait_until(lambda: bool(self.consuming()), 120, "a consuming worker to kill")
+        victim = rng.choice(self.consuming())
+        before = settled(victim)
+        time.sleep(BUSY_WINDOW)
+        now = settled(victim)
+        waiting = vhost.depth(self.layout.queue)
+        # The kill lands wherever the victim's batch is by now: being filled, written or acked.
+        with self._lock:
+            self.workers.remove(victim)
         killed = time.monotonic()
         victim.kill()
-        self.kills += 1
+        self.kills.append(Kill(now - before, waiting))
         thread = threading.Thread(target=self._replace, args=(killed,), daemon=True)
         thread.start()
         self._starting.append(thread)
 
     def _replace(self, killed: float) -> None:
-        worker = self._worker()
-        with self._lock:
-            self.workers.append(worker)
-        try:
-            worker.start(timeout=120)
-        except ServiceError as exc:
+        # Restarted when it fails to start, as the kubelet restarts a container (a free port
+        # picked for its metrics can be taken by another program before the worker binds it).
+        for attempt in range(START_ATTEMPTS):
+            worker = self._worker()
+            try:
+                worker.start(timeout=120)
+            except ServiceError as exc:
+                worker.stop(timeout=5)
+                if attempt == START_ATTEMPTS - 1:
+                    with self._lock:
+                        self._failures.append(exc)
+                continue
             with self._lock:
-                if worker in self.workers:
-                    self._failures.append(exc)
-            return  # otherwise it was killed while starting, and replaced in turn
-        self.replacements.append(time.monotonic() - killed)
+                self.workers.append(worker)
+            self.replacements.append(time.monotonic() - killed)
+            return
 
     def wait_started(self) -> None:
         """Wait for every replacement to consume; fail if one could not start."""
@@ -167,11 +226,7 @@ class WorkerPool:
             workers = list(self.workers)
         for worker in workers:
             with contextlib.suppress(ServiceError):
-                metrics = worker.metrics()
-                total += sum(
-                    metrics.get(f'matchops_worker_messages_total{{outcome="{name}"}}', 0.0)
-                    for name in SETTLED
-                )
+                total += settled(worker)
         return total
 
     def wait_handled(self, count: int, timeout: float = 60) -> None:
