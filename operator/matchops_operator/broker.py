@@ -9,7 +9,7 @@ RabbitMQ's own text and does not stop the backlog from being read.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -19,11 +19,13 @@ import httpx
 import pika
 import pika.exceptions
 from matchops_worker.topology import (
+    Binding,
     Policy,
     Topology,
     TopologyConflict,
     TopologyRefused,
     declare,
+    unbind,
 )
 
 from matchops_operator.problems import Problem, retrying, stalled
@@ -54,6 +56,8 @@ class BrokerReport:
     dead_lettered: int | None
     policy: str | None
     problem: Problem | None
+    # Every object and binding declared, and the stale bindings removed.
+    declared: bool
 
 
 @dataclass(frozen=True)
@@ -65,14 +69,17 @@ class QueueStats:
     ack_rate: float
 
 
-def sync(access: BrokerAccess, topology: Topology) -> BrokerReport:
-    """Declare the topology (repairing anything deleted by hand), apply policies, read the queue."""
+def sync(access: BrokerAccess, topology: Topology, stale: Sequence[Binding] = ()) -> BrokerReport:
+    """Declare the topology (repairing anything deleted by hand), then remove the `stale`
+    bindings; apply policies, read the queue."""
     parameters = _parameters(access)
     problem: Problem | None = None
+    declared = False
     with _connection(parameters, access) as connection:
         channel = connection.channel()
         try:
             declare(channel, topology)
+            unbind(channel, stale)
         except TopologyConflict as conflict:
             problem = stalled(
                 "QueueConflict",
@@ -83,6 +90,7 @@ def sync(access: BrokerAccess, topology: Topology) -> BrokerReport:
         except TopologyRefused as refused:
             problem = _refused(parameters, refused.action, refused)
         else:
+            declared = True
             channel.close()
         ready, consumers = _depth(connection, topology.queue)
         dead_lettered, _ = _depth(connection, topology.dead_letter_queue)
@@ -111,7 +119,7 @@ def sync(access: BrokerAccess, topology: Topology) -> BrokerReport:
             publish_rate=stats.publish_rate if stats else None,
             ack_rate=stats.ack_rate if stats else None,
         )
-    return BrokerReport(observation, dead_lettered, policy, problem)
+    return BrokerReport(observation, dead_lettered, policy, problem, declared)
 
 
 def delete_topology(access: BrokerAccess, topology: Topology) -> None:

@@ -24,7 +24,7 @@ from matchops_operator.conditions import EventSpec, Part
 from matchops_operator.config import OperatorSettings
 from matchops_operator.desired.common import Owner, child_name
 from matchops_operator.desired.scraper import scraper_cronjob
-from matchops_operator.desired.topology import topology_for
+from matchops_operator.desired.topology import stale_bindings, topology_for
 from matchops_operator.desired.workers import worker_deployment
 from matchops_operator.kube import Kube
 from matchops_operator.problems import Problem, as_problem, stalled
@@ -235,10 +235,7 @@ class _Run:
         observation = report.observation if report is not None else None
         workers = await self._workers(spec, topology, observation)
 
-        previous_topology = self.previous.get("topology") or {}
-        policy = report.policy if report is not None else previous_topology.get("policy")
         blocks: dict[str, Any] = {
-            "topology": topology_status(topology, policy),
             "workers": workers_status(
                 workers.decision.history,
                 _ready_replicas(workers.deployment),
@@ -246,6 +243,9 @@ class _Run:
                 scaled=(self.now, workers.decision.reason) if workers.scaled else None,
             ),
         }
+        if report is not None and report.declared:
+            # What is on the broker now; until a declaration completes, what was before.
+            blocks["topology"] = topology_status(topology, report.policy)
         if report is not None and report.observation is not None:
             blocks["backlog"] = backlog_status(
                 report.observation, report.dead_lettered, self.previous.get("backlog")
@@ -265,10 +265,12 @@ class _Run:
     async def _broker(
         self, spec: MatchIngestionSpec, topology: Topology
     ) -> tuple[broker.BrokerReport | None, Part]:
-        """Declare the topology and read the queue; the report and TopologyReady."""
+        """Declare the topology, unbind the keys it dropped, read the queue; the report and
+        TopologyReady."""
+        stale = stale_bindings(topology, self.previous.get("topology"))
         try:
             access = await _broker_access(self.kube, self.owner, spec)
-            report = await asyncio.to_thread(broker.sync, access, topology)
+            report = await asyncio.to_thread(broker.sync, access, topology, stale)
         except Exception as exc:
             return None, self._failed(as_problem(exc)).part(conditions.TOPOLOGY_READY)
         if report.problem is not None:

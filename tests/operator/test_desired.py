@@ -7,9 +7,11 @@ from typing import Any
 import pytest
 from matchops_operator.desired.common import Owner
 from matchops_operator.desired.scraper import scraper_cronjob
-from matchops_operator.desired.topology import topology_for
+from matchops_operator.desired.topology import stale_bindings, topology_for
 from matchops_operator.desired.workers import grace_period_seconds, worker_deployment
 from matchops_operator.spec import MatchIngestionSpec, SpecError, parse_spec
+from matchops_operator.status import topology_status
+from matchops_worker.topology import Binding, build_topology
 
 OWNER = Owner(name="u14-northeast", namespace="ingest", uid="3f1c0b5e-uid")
 
@@ -233,3 +235,29 @@ def test_an_impossible_topology_is_a_spec_error() -> None:
     spec = parse_spec({**SPEC, "broker": broker})
     with pytest.raises(SpecError, match="dead-letter queue must differ"):
         topology_for("x", spec.broker)
+
+
+def test_keys_dropped_from_the_spec_are_stale_bindings() -> None:
+    before = build_topology("matches", routing_keys=["matches", "matches.process", "u14"])
+    after = build_topology("matches", routing_keys=["matches", "u15"])
+    assert stale_bindings(after, topology_status(before, None)) == (
+        Binding("matches", "matches", "matches.process"),
+        Binding("matches", "matches", "u14"),
+    )
+    assert stale_bindings(after, topology_status(after, None)) == ()
+
+
+def test_nothing_is_stale_before_a_declaration_completed() -> None:
+    assert stale_bindings(build_topology("matches"), None) == ()
+    assert stale_bindings(build_topology("matches"), {}) == ()
+
+
+@pytest.mark.parametrize(
+    "renamed", [{"queue": "matches.v2"}, {"exchange": "scores"}], ids=["queue", "exchange"]
+)
+def test_bindings_of_a_renamed_queue_or_exchange_stay(renamed: dict[str, str]) -> None:
+    before = build_topology("matches", routing_keys=["matches", "matches.process"])
+    after = build_topology(
+        renamed.get("queue", "matches"), exchange=renamed.get("exchange", "matches")
+    )
+    assert stale_bindings(after, topology_status(before, None)) == ()

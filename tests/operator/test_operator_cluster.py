@@ -61,6 +61,16 @@ class Pipeline(Namespace):
         found: dict[str, Any] = response.json()
         return found
 
+    def bindings(self, queue: str) -> set[str]:
+        """Routing keys binding `queue` to the exchange of the same name."""
+        with self.rabbitmq.management() as api:
+            vhost = quote(self.vhost.name, safe="")
+            response = api.get(
+                f"/bindings/{vhost}/e/{quote(queue, safe='')}/q/{quote(queue, safe='')}"
+            )
+        response.raise_for_status()
+        return {binding["routing_key"] for binding in response.json()}
+
     def policy(self, name: str) -> dict[str, Any] | None:
         with self.rabbitmq.management() as api:
             response = api.get(f"/policies/{quote(self.vhost.name, safe='')}/{name}")
@@ -175,11 +185,7 @@ def test_legacy_sample_creates_cronjob_deployment_and_queues(
         "dead-letter-exchange": "",
         "dead-letter-routing-key": "matches.dlq",
     }
-    with pipeline.rabbitmq.management() as api:
-        bindings = api.get(
-            f"/bindings/{quote(pipeline.vhost.name, safe='')}/e/matches/q/matches"
-        ).json()
-    assert {b["routing_key"] for b in bindings} == {"matches", "matches.process"}
+    assert pipeline.bindings("matches") == {"matches", "matches.process"}
 
     status = pipeline.ingestion("matches")["status"]
     assert status["topology"]["retryQueues"] == [
@@ -215,13 +221,17 @@ def test_an_unchanged_resource_writes_nothing(pipeline: Pipeline, operator: Kopf
 
 def test_spec_changes_reach_the_children(pipeline: Pipeline, operator: KopfRunner) -> None:
     pipeline.secrets()
-    pipeline.apply(sample("minimal.yaml"))
+    pipeline.apply(sample("minimal.yaml", broker__routingKeys=["u14-northeast", "u14.scores"]))
     pipeline.wait_condition("u14-northeast", "Ready", "True")
+    assert pipeline.bindings("u14-northeast") == {"u14-northeast", "u14.scores"}
+    with pipeline.vhost.channel() as channel:  # someone else's binding
+        channel.queue_bind("u14-northeast", "u14-northeast", "by.hand")
     pipeline.apply(
         sample(
             "minimal.yaml",
             scraper__schedule="30 7 * * 1-5",
             scraper__suspend=True,
+            broker__routingKeys=["u14-northeast", "u14.results"],
             workers__prefetch=400,
             workers__minReplicas=2,
         )
@@ -240,6 +250,13 @@ def test_spec_changes_reach_the_children(pipeline: Pipeline, operator: KopfRunne
         )
 
     wait_for(followed, "the CronJob and Deployment to follow the spec")
+    # The dropped key is unbound, the new one bound; a binding the operator did not make stays.
+    wait_for(
+        lambda: pipeline.bindings("u14-northeast") == {"u14-northeast", "u14.results", "by.hand"},
+        "the bindings to follow the spec",
+    )
+    topology = pipeline.ingestion("u14-northeast")["status"]["topology"]
+    assert topology["routingKeys"] == ["u14-northeast", "u14.results"]
     mi = pipeline.ingestion("u14-northeast")
     wait_for(
         lambda: (

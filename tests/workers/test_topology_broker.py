@@ -9,7 +9,14 @@ from celery import Celery
 from matchops_devenv.broker_tools import Vhost
 from matchops_devenv.rabbitmq import RabbitMQ
 from matchops_worker.contract import CELERY_TASKS
-from matchops_worker.topology import TopologyConflict, TopologyRefused, build_topology, declare
+from matchops_worker.topology import (
+    Binding,
+    TopologyConflict,
+    TopologyRefused,
+    build_topology,
+    declare,
+    unbind,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -85,6 +92,18 @@ def test_a_refused_declaration_names_what_was_refused(
     assert f"refused for user '{vhost_user}'" in refused.value.reply_text
     # Code that handles the broker's refusals in general (the worker's reconnect loop) still does.
     assert isinstance(refused.value, pika.exceptions.ChannelClosedByBroker)
+
+
+def test_unbind_removes_only_the_bindings_named(rabbitmq: RabbitMQ, vhost: Vhost) -> None:
+    keys = ["matches", "matches.process", "u14"]
+    with vhost.channel() as channel:
+        declare(channel, build_topology("matches", routing_keys=keys))
+        stale = [Binding("matches", "matches", "u14"), Binding("matches", "matches", "gone")]
+        unbind(channel, stale)
+        unbind(channel, stale)  # bindings already gone: no error
+    with rabbitmq.management() as api:
+        bindings = api.get(f"/bindings/{quote(vhost.name, safe='')}/e/matches/q/matches").json()
+    assert {b["routing_key"] for b in bindings} == {"matches", "matches.process"}
 
 
 def celery_app(vhost: Vhost) -> Celery:

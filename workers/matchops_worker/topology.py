@@ -54,7 +54,7 @@ class TopologyConflict(RuntimeError):  # noqa: N818 - the name other packages im
 
 
 class TopologyRefused(pika.exceptions.ChannelClosedByBroker):  # type: ignore[misc] # pika is untyped
-    """The broker refused a declaration or binding for another cause than a conflict.
+    """The broker refused a declaration, binding or unbinding for another cause than a conflict.
 
     Most often 403 ACCESS_REFUSED: the user lacks configure, write or read permission on the
     object. Still a ChannelClosedByBroker, so code that handles the broker's refusals in general
@@ -253,6 +253,12 @@ class DeclaringChannel(Protocol):
     def queue_bind(self, queue: str, exchange: str, routing_key: str) -> Any: ...
 
 
+class UnbindingChannel(Protocol):
+    """The part of a pika channel that `unbind` uses."""
+
+    def queue_unbind(self, queue: str, exchange: str, routing_key: str) -> Any: ...
+
+
 def declare(channel: DeclaringChannel, topology: Topology) -> None:
     """Declare exchange, queues and bindings; idempotent.
 
@@ -272,6 +278,15 @@ def declare(channel: DeclaringChannel, topology: Topology) -> None:
     for binding in topology.bindings:
         with _refused(f"bind {_describe(binding, 'to')}"):
             channel.queue_bind(
+                queue=binding.queue, exchange=binding.exchange, routing_key=binding.routing_key
+            )
+
+
+def unbind(channel: UnbindingChannel, bindings: Iterable[Binding]) -> None:
+    """Remove bindings (one that does not exist is no error); TopologyRefused when refused."""
+    for binding in bindings:
+        with _refused(f"unbind {_describe(binding, 'from')}"):
+            channel.queue_unbind(
                 queue=binding.queue, exchange=binding.exchange, routing_key=binding.routing_key
             )
 
