@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 import psycopg
@@ -293,11 +294,17 @@ class Progress:
         end = next(t for t, n in self.samples if n >= total * high)
         return self.rate(since, end)
 
-    def recovered_after(self, moment: float, rate: float, window: float = 1.0) -> float | None:
-        """Seconds after `moment` until a `window` of settling reached half of `rate`."""
-        for t, _ in self.samples:
-            if t >= moment + window and self.rate(t - window, t) >= rate / 2:
-                return t - moment
+    def recovered_after(self, moment: float, intervals: int = 5) -> float | None:
+        """Seconds after `moment` until settling ran at a steady rate again: the settled count
+        grew in each of `intervals` sampling intervals in a row. None if it never did."""
+        after = [(t, n) for t, n in self.samples if t >= moment]
+        streak, began = 0, moment
+        for (start, earlier), (_, later) in pairwise(after):
+            streak = streak + 1 if later > earlier else 0
+            if streak == 1:
+                began = start
+            if streak == intervals:
+                return began - moment
         return None
 
 

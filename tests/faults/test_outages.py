@@ -1,8 +1,9 @@
 """The broker restarted and the database stopped mid-stream: workers wait and reconnect, nothing
 is lost, nothing is dead-lettered for a passing cause, and throughput comes back.
 
-Each scenario stops a server of its own (not the session's shared ones) and measures the time
-from the server's return until the workers settle messages at half their earlier pace again.
+Each scenario stops a server of its own (not the session's shared ones) and requires the
+workers to settle messages at a steady rate again after the server's return; how long that took
+is a figure for the report, not a check.
 """
 
 from __future__ import annotations
@@ -70,18 +71,24 @@ def outage_figures(
     fault: tuple[float, float],
     steady: float,
     notes: str,
-) -> Figures:
+) -> tuple[Figures, float | None]:
     """The row for an outage from `fault[0]` to `fault[1]` (monotonic clock), after `steady`
-    seconds of all workers consuming."""
+    seconds of all workers consuming; and the seconds from its end until the workers settled
+    messages at a steady rate again (None: they never did)."""
     began, ended = fault
     before = progress.rate(began - max(steady, 1.0), began)
-    recovered = progress.recovered_after(ended, before)
+    recovered = progress.recovered_after(ended)
     after = progress.rate(ended + recovered, ended + recovered + 2) if recovered else 0.0
-    return tally.figures(
+    figures = tally.figures(
         scenario=scenario,
         recovery=seconds(recovered),
         notes=f"{notes}; {before:,.0f} msg/s before, {after:,.0f} msg/s after",
     )
+    return figures, recovered
+
+
+def assert_recovered(recovered: float | None) -> None:
+    assert recovered is not None, "the workers never settled messages at a steady rate again"
 
 
 def start_steadily(pool: WorkerPool, vhost: Vhost, total: int) -> float:
@@ -137,18 +144,18 @@ def test_broker_restart_mid_stream(
         tally = finish(workload, database, vhost, layout, pool)
     finally:
         pool.stop()
-    fault_report(
-        outage_figures(
-            "RabbitMQ restarted mid-stream",
-            tally,
-            progress,
-            (began, ended),
-            steady,
-            f"stop and start took {ended - began:.0f} s with {queued:,} messages queued (quorum "
-            f"queue, persistent messages); {WORKERS} workers",
-        )
+    figures, recovered = outage_figures(
+        "RabbitMQ restarted mid-stream",
+        tally,
+        progress,
+        (began, ended),
+        steady,
+        f"stop and start took {ended - began:.0f} s with {queued:,} messages queued (quorum "
+        f"queue, persistent messages); {WORKERS} workers",
     )
+    fault_report(figures)
     assert_nothing_lost(tally)
+    assert_recovered(recovered)
     assert min(connections) >= 2, f"connections opened per worker: {connections}"
     assert vhost.depth(QUEUE) == 0
 
@@ -190,17 +197,17 @@ def test_database_stopped_mid_stream(
         tally = finish(workload, own_database, vhost, layout, pool)
     finally:
         pool.stop()
-    fault_report(
-        outage_figures(
-            f"PostgreSQL stopped for {outage:.0f} s mid-stream",
-            tally,
-            progress,
-            (began, ended),
-            steady,
-            f"retry delays {', '.join(RETRY_DELAYS)} (shorter than the outage); {retried:.0f} "
-            f"messages went through a retry; {WORKERS} workers",
-        )
+    figures, recovered = outage_figures(
+        f"PostgreSQL stopped for {outage:.0f} s mid-stream",
+        tally,
+        progress,
+        (began, ended),
+        steady,
+        f"retry delays {', '.join(RETRY_DELAYS)} (shorter than the outage); {retried:.0f} "
+        f"messages went through a retry; {WORKERS} workers",
     )
+    fault_report(figures)
     assert retried > 0, "the outage did not reach the retry path"
     assert_nothing_lost(tally)
+    assert_recovered(recovered)
     assert vhost.depth(QUEUE) == 0
