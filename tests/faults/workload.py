@@ -211,6 +211,8 @@ def _poison_kinds() -> list[PoisonMaker]:
         plain(json.dumps({**GOOD, "match_date": 20251004}).encode(), "contract"),
         plain(json.dumps({**GOOD, "away_team": " philadelphia  UNION "}).encode(), "contract"),
         plain(json.dumps([GOOD]).encode(), "contract"),
+        plain(json.dumps({**GOOD, "home_score": -1, "away_score": 2}).encode(), "contract"),
+        plain(json.dumps({**GOOD, "match_status": "completed"}).encode(), "contract"),
         plain(json.dumps({**GOOD, "home_team": "Union\u0000"}).encode(), "contract"),
         plain(json.dumps({**GOOD, "notes": "x" * 300_000}).encode(), "too-large"),
         plain(
