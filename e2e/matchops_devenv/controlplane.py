@@ -251,23 +251,13 @@ def controller_manager_args(
     return args
 
 
-def _process_start_time(pid: int) -> str | None:
-    """The kernel's start time of `pid`; with the pid it identifies a process across pid reuse."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[-1].split()[19]
-
-
 def owner_pid(layout: Layout) -> int | None:
     """The pid of the live process that runs the cluster in `layout`, if there is one."""
     try:
-        pid_text, started = layout.owner.read_text().split()
-        pid = int(pid_text)
-    except (OSError, ValueError):
+        recorded = layout.owner.read_text()
+    except OSError:
         return None
-    return pid if _process_start_time(pid) == started else None
+    return statedir.live_owner(recorded)
 
 
 def shut_down(state_dir: Path, timeout: float = 60.0) -> bool:
@@ -401,7 +391,7 @@ class ControlPlane:
         for stale in (layout.pki, layout.kubeconfigs, *map(layout.component_dir, COMPONENTS)):
             shutil.rmtree(stale, ignore_errors=True)
         layout.nodes.mkdir(parents=True, exist_ok=True)
-        layout.owner.write_text(f"{os.getpid()} {_process_start_time(os.getpid())}\n")
+        layout.owner.write_text(statedir.identity(os.getpid()) + "\n")
 
     def _write_credentials(self) -> None:
         layout, config = self.layout, self.config
@@ -454,9 +444,9 @@ class ControlPlane:
             "kube-apiserver",
             apiserver_args(self._programs["kube-apiserver"], layout, config, ports),
         )
-        etcd.wait_ready(lambda: _ok(f"http://127.0.0.1:{ports.etcd_client}/health"), timeout)
-        admin_tls = self._tls(client="admin")
-        apiserver.wait_ready(lambda: _ok(f"{self.server}/readyz", admin_tls), timeout)
+        etcd.wait_ready(lambda: answers_ok(f"http://127.0.0.1:{ports.etcd_client}/health"), timeout)
+        admin_tls = self.client_tls()
+        apiserver.wait_ready(lambda: answers_ok(f"{self.server}/readyz", admin_tls), timeout)
         # Only now: the controller manager exits at once when its RBAC roles, which /readyz
         # waits for, are not bootstrapped yet.
         controller_manager = self._service(
@@ -466,26 +456,28 @@ class ControlPlane:
             ),
         )
         controller_manager.wait_ready(
-            lambda: _ok(f"https://127.0.0.1:{ports.controller_manager}/healthz", admin_tls),
+            lambda: answers_ok(f"https://127.0.0.1:{ports.controller_manager}/healthz", admin_tls),
             timeout,
         )
         # Healthy is not yet running: the `default` ServiceAccount appears once the controllers
         # are, and pods (of Jobs, ReplicaSets) cannot be created in a namespace without it.
         controller_manager.wait_ready(
-            lambda: _ok(
+            lambda: answers_ok(
                 f"{self.server}/api/v1/namespaces/default/serviceaccounts/default", admin_tls
             ),
             timeout,
         )
 
-    def _tls(self, client: str) -> ssl.SSLContext:
+    def client_tls(self, client: str = "admin") -> ssl.SSLContext:
+        """TLS for clients of the cluster's servers: its CA, and `client`'s certificate."""
         context = ssl.create_default_context(cafile=str(self.layout.cert("ca")))
         context.load_cert_chain(self.layout.cert(client), self.layout.key(client))
         return context
 
 
-def _ok(url: str, context: ssl.SSLContext | None = None) -> bool:
+def answers_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
     """Whether `url` answers 200 (errors raise, and `Service.wait_ready` polls on)."""
-    # The URLs are built here from loopback addresses, never taken from input.
+    # The URLs are built by the environment from the components' own addresses, never taken
+    # from input.
     with urllib.request.urlopen(url, timeout=1, context=context) as response:  # noqa: S310
         return bool(response.status == 200)

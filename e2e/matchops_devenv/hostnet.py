@@ -54,9 +54,10 @@ def _sysctl_in(network: NodeNetwork, key: str, value: str) -> None:
 
 def create(network: NodeNetwork) -> None:
     """Create the node's namespace, its link to the host, the pods' bridge and the nat chain."""
-    netns, host_link = network.netns, network.host_link
+    netns, host_link, node_link = network.netns, network.host_link, network.node_link
     _run(["ip", "netns", "add", netns])
-    _run(["ip", "link", "add", host_link, "type", "veth", "peer", "name", "eth0", "netns", netns])
+    veth = ["type", "veth", "peer", "name", node_link, "netns", netns]
+    _run(["ip", "link", "add", host_link, *veth])
     _run(
         ["ip", "addr", "add", f"{network.host_address}/{network.link.prefixlen}", "dev", host_link]
     )
@@ -65,8 +66,9 @@ def create(network: NodeNetwork) -> None:
     _run(["ip", "link", "set", host_link, "up"])
     node = ["ip", "-n", netns]
     _run([*node, "link", "set", "lo", "up"])
-    _run([*node, "addr", "add", f"{network.node_address}/{network.link.prefixlen}", "dev", "eth0"])
-    _run([*node, "link", "set", "eth0", "up"])
+    node_address = f"{network.node_address}/{network.link.prefixlen}"
+    _run([*node, "addr", "add", node_address, "dev", node_link])
+    _run([*node, "link", "set", node_link, "up"])
     _run([*node, "route", "add", "default", "via", str(network.host_address)])
     # Made here rather than by the CNI plugin at the first pod, so the node's network is
     # complete before any pod starts; the plugin adopts it.

@@ -10,34 +10,19 @@ from __future__ import annotations
 
 import copy
 import json
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
 from matchops_devenv import pipeline
 from matchops_devenv.access import ClusterAccess
 from matchops_devenv.toolchain import REPO_ROOT
+from matchops_devenv.waiting import wait_for
 
 CRD = REPO_ROOT / "crds" / "matchops.dev_matchingestions.yaml"
-T = TypeVar("T")
-
-
-def wait_for(
-    check: Callable[[], T | None], what: str, timeout: float = 60.0, interval: float = 0.25
-) -> T:
-    """Poll `check` until it returns something truthy; fail naming `what`."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
 
 
 @dataclass(frozen=True)
@@ -47,8 +32,8 @@ class Namespace:
     cluster: ClusterAccess
     name: str
 
-    def kubectl(self, *args: str, input: str | None = None) -> str:
-        return self.cluster.kubectl("-n", self.name, *args, input=input).stdout
+    def kubectl(self, *args: str, input: str | None = None, timeout: float = 60.0) -> str:
+        return self.cluster.kubectl("-n", self.name, *args, input=input, timeout=timeout).stdout
 
     def get(self, *args: str) -> Any:
         return json.loads(self.kubectl("get", *args, "-o", "json"))

@@ -24,10 +24,8 @@ import json
 import os
 import secrets
 import socket
-import ssl
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +45,7 @@ from matchops_devenv import (
     statedir,
     toolchain,
 )
-from matchops_devenv.controlplane import ControlPlane
+from matchops_devenv.controlplane import ControlPlane, answers_ok
 from matchops_devenv.kubeapi import KubeApi, KubeApiError
 from matchops_devenv.nodeconfig import (
     API_SERVER_NAME,
@@ -444,16 +442,16 @@ class Node:
         )
         api = self._api()
         self._publish_api_endpoints(api)
-        admin_tls = _tls(plane)
+        admin_tls = plane.client_tls()
         scheduler.wait_ready(
-            lambda: _ok(f"https://127.0.0.1:{scheduler_port}/readyz", admin_tls), timeout
+            lambda: answers_ok(f"https://127.0.0.1:{scheduler_port}/readyz", admin_tls), timeout
         )
         try:
             kubelet.wait_ready(lambda: _schedulable(api, self.name), timeout)
         except procs.ServiceError as error:
             raise NodeError(f"{_why_unschedulable(api, self.name)}\n{error}") from None
         proxy.wait_ready(
-            lambda: _ok(f"http://{network.node_address}:{KUBE_PROXY_HEALTHZ_PORT}/healthz"),
+            lambda: answers_ok(f"http://{network.node_address}:{KUBE_PROXY_HEALTHZ_PORT}/healthz"),
             timeout,
         )
 
@@ -589,18 +587,6 @@ def _accepts(path: Path) -> bool:
         client.settimeout(1)
         client.connect(str(path))
     return True
-
-
-def _tls(plane: ControlPlane) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(plane.layout.cert("ca")))
-    context.load_cert_chain(plane.layout.cert("admin"), plane.layout.key("admin"))
-    return context
-
-
-def _ok(url: str, context: ssl.SSLContext | None = None) -> bool:
-    # The URLs are built here from the node's own addresses, never taken from input.
-    with urllib.request.urlopen(url, timeout=1, context=context) as response:  # noqa: S310
-        return bool(response.status == 200)
 
 
 def _schedulable(api: KubeApi, name: str) -> bool:

@@ -69,12 +69,17 @@ def identity(pid: int) -> str:
 
 def owner_alive(recorded: str) -> bool:
     """Whether the process recorded as `recorded` (see `identity`) still runs."""
+    return live_owner(recorded) is not None
+
+
+def live_owner(recorded: str) -> int | None:
+    """The pid of the process recorded as `recorded` (see `identity`), if it still runs."""
     try:
         pid_text, start = recorded.split()
         pid = int(pid_text)
     except ValueError:
-        return False
-    return _start_time(pid) == start
+        return None
+    return pid if _start_time(pid) == start else None
 
 
 def _start_time(pid: int) -> str:

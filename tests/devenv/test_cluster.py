@@ -1,11 +1,8 @@
 """The session's control plane is a real Kubernetes: admission, controllers, kubectl."""
 
 import json
-import os
 import shutil
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +11,7 @@ from matchops_devenv import pki, toolchain
 from matchops_devenv.access import ClusterAccess, KubectlError
 from matchops_devenv.controlplane import ControlPlane
 from matchops_devenv.node import NodeConfig
+from matchops_devenv.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
@@ -43,15 +41,6 @@ spec:
                 - rule: self.minReplicas <= self.maxReplicas
                   message: minReplicas must not exceed maxReplicas
 """
-
-
-def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `check` until true; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not happen within {timeout:.0f}s")
-        time.sleep(0.25)
 
 
 def _json(cluster: ClusterAccess, *args: str) -> Any:
@@ -176,7 +165,7 @@ def test_garbage_collector_deletes_what_an_owner_owned(
         result = cluster.kubectl("get", "configmap", "owned", "-n", namespace, check=False)
         return result.returncode != 0 and "NotFound" in result.stderr
 
-    eventually(owned_gone, timeout=30, what="garbage collection of the owned ConfigMap")
+    wait_for(owned_gone, "garbage collection of the owned ConfigMap", timeout=30)
 
 
 def test_deployment_controller_creates_a_replicaset_and_its_pods(
@@ -196,7 +185,7 @@ def test_deployment_controller_creates_a_replicaset_and_its_pods(
         pods = cluster.kubectl("get", "pods", "-n", namespace, "-l", "app=web", "-o", "name")
         return len(pods.stdout.split()) == 2
 
-    eventually(pods_created, timeout=30, what="two pods of the Deployment")
+    wait_for(pods_created, "two pods of the Deployment", timeout=30)
     replicasets = _json(cluster, "get", "replicasets", "-n", namespace)["items"]
     assert len(replicasets) == 1
     owner = replicasets[0]["metadata"]["ownerReferences"][0]
@@ -226,7 +215,7 @@ def test_job_created_from_a_cronjob_gets_its_pod(cluster: ClusterAccess, namespa
         job = _json(cluster, "get", "job", "scrape-now", "-n", namespace)
         return bool(job["status"].get("active") == 1)
 
-    eventually(job_active, timeout=30, what="the Job controller starting a pod")
+    wait_for(job_active, "the Job controller starting a pod", timeout=30)
     pods = cluster.kubectl(
         "get", "pods", "-n", namespace, "-l", "job-name=scrape-now", "-o", "name"
     )
@@ -245,7 +234,7 @@ def test_cronjob_controller_schedules_a_job(cluster: ClusterAccess, namespace: s
         )
 
     # The first run is at the next minute boundary.
-    eventually(scheduled, timeout=75, what="a Job scheduled by the CronJob")
+    wait_for(scheduled, "a Job scheduled by the CronJob", timeout=75)
     status = _json(cluster, "get", "cronjob", "every-minute", "-n", namespace)["status"]
     assert "lastScheduleTime" in status
 
@@ -255,4 +244,3 @@ def test_namespace_fixture_gives_each_test_a_fresh_namespace(
 ) -> None:
     assert namespace.startswith("test-")
     assert cluster.kubectl("get", "all", "-n", namespace, "-o", "name").stdout == ""
-    assert os.environ.get("KUBECONFIG") != str(cluster.kubeconfig)

@@ -9,7 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,6 +20,7 @@ from matchops_devenv.containerd import private_containerd
 from matchops_devenv.images import LocalImage
 from matchops_devenv.ports import free_port
 from matchops_devenv.procs import Service
+from matchops_devenv.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.image]
 
@@ -177,12 +178,12 @@ def test_worker_serves_health_and_stops_on_sigterm(
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while http_status(f"{base}/readyz") != 200 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        logs = subprocess.run(["podman", "logs", name], capture_output=True, text=True).stderr
-        assert http_status(f"{base}/readyz") == 200, logs
-        assert http_status(f"{base}/healthz") == 200, logs
+
+        def logs() -> str:
+            return subprocess.run(["podman", "logs", name], capture_output=True, text=True).stderr
+
+        wait_for(lambda: http_status(f"{base}/readyz") == 200, "/readyz", 60, diagnose=logs)
+        assert http_status(f"{base}/healthz") == 200, logs()
         started = time.monotonic()
         # PID 1 of the container: only a handled SIGTERM stops it before the grace period.
         subprocess.run(["podman", "stop", "-t", "30", name], capture_output=True, check=True)
@@ -255,15 +256,6 @@ def children_of(pid: int) -> dict[int, str]:
     return found
 
 
-def wait_for(check: Callable[[], object], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 @pytest.fixture
 def pause_in_pid_namespace(tmp_path: Path) -> Iterator[tuple[Service, int]]:
     """The pause program as PID 1 of a new PID namespace, the way a pod sandbox runs it."""
@@ -276,8 +268,7 @@ def pause_in_pid_namespace(tmp_path: Path) -> Iterator[tuple[Service, int]]:
     service.start()
     assert service.process is not None
     holder = service.process.pid
-    assert wait_for(lambda: children_of(holder)), "unshare did not start pause"
-    (pause_pid,) = children_of(holder)
+    (pause_pid,) = wait_for(lambda: children_of(holder), "unshare to start pause", 5, interval=0.02)
     yield service, pause_pid
     service.stop(timeout=5)
 
@@ -292,9 +283,11 @@ def test_pause_reaps_orphans_in_its_namespace(
         ["nsenter", "--target", str(pause_pid), "--pid", "--", "sh", "-c", "sleep 0.5 & exit 0"],
         check=True,
     )
-    assert wait_for(lambda: children_of(pause_pid)), "the orphan was not reparented to pause"
+    wait_for(
+        lambda: children_of(pause_pid), "the orphan to be reparented to pause", 5, interval=0.02
+    )
     # Once it exits, a reaping init leaves no zombie behind.
-    assert wait_for(lambda: not children_of(pause_pid)), children_of(pause_pid)
+    wait_for(lambda: not children_of(pause_pid), "pause to reap the orphan", 5, interval=0.02)
     assert service.running()
 
 

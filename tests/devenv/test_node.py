@@ -11,19 +11,19 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pika
 import psycopg
 import pytest
-import yaml
 from matchops_devenv import toolchain
 from matchops_devenv.access import ClusterAccess
 from matchops_devenv.broker_tools import Vhost
 from matchops_devenv.images import PAUSE_IMAGE, PROJECT_IMAGE
+from matchops_devenv.namespace import Namespace
 from matchops_devenv.node import Node
+from matchops_devenv.waiting import wait_for
 from matchops_worker.sample import SeasonPlan, season_reports
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.node]
@@ -45,48 +45,21 @@ context = ssl.create_default_context(cafile=sa + "/ca.crt")
 with urllib.request.urlopen(request, context=context) as response:
     print(json.dumps({"status": response.status, "host": host}))
 """
-T = TypeVar("T")
+# How long pods take to get somewhere, on a machine shared with other work.
+POD_TIMEOUT = 90.0
 
 
-def wait_for(check: Callable[[], T], what: str, timeout: float = 90.0) -> T:
-    """Poll `check` until it returns something truthy; fail naming `what` and the last value."""
-    deadline = time.monotonic() + timeout
-    last = check()
-    while not last:
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout:.0f}s waiting for {what}; last {last!r}"
-            )
-        time.sleep(0.25)
-        last = check()
-    return last
+def pipeline_secret(ns: Namespace, amqp_url: str, dsn: str | None = None) -> None:
+    """The Secret the pods' containers take their settings from."""
+    settings = {"MATCHOPS_AMQP_URL": amqp_url}
+    if dsn is not None:
+        settings["MATCHOPS_DATABASE_DSN"] = dsn
+    ns.secret("pipeline", settings)
 
 
-class Namespace:
-    """kubectl in one test's namespace."""
-
-    def __init__(self, cluster: ClusterAccess, name: str) -> None:
-        self.cluster = cluster
-        self.name = name
-
-    def kubectl(self, *args: str, input: str | None = None, timeout: float = 120.0) -> str:
-        return self.cluster.kubectl("-n", self.name, *args, input=input, timeout=timeout).stdout
-
-    def apply(self, *manifests: dict[str, Any]) -> None:
-        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests))
-
-    def get(self, *args: str) -> Any:
-        return json.loads(self.kubectl("get", *args, "-o", "json"))
-
-    def pipeline_secret(self, amqp_url: str, dsn: str | None = None) -> None:
-        literals = [f"--from-literal=MATCHOPS_AMQP_URL={amqp_url}"]
-        if dsn is not None:
-            literals.append(f"--from-literal=MATCHOPS_DATABASE_DSN={dsn}")
-        self.kubectl("create", "secret", "generic", "pipeline", *literals)
-
-    def pods(self, selector: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = self.get("pods", "-l", selector)["items"]
-        return items
+def kubectl_until(ns: Namespace, *args: str) -> str:
+    """`kubectl rollout status` or `kubectl wait` with two minutes to succeed."""
+    return ns.kubectl(*args, "--timeout=120s", timeout=150)
 
 
 @pytest.fixture
@@ -192,9 +165,9 @@ def test_reachable_urls_serve_this_machine_too(node: Node, vhost: Vhost, databas
 def test_worker_deployment_consumes_the_queue_into_the_database(
     ns: Namespace, node: Node, vhost: Vhost, database: str
 ) -> None:
-    ns.pipeline_secret(node.reachable(vhost.url), node.reachable(database))
+    pipeline_secret(ns, node.reachable(vhost.url), node.reachable(database))
     ns.apply(worker_deployment("worker", {"MATCHOPS_QUEUE": QUEUE}))
-    ns.kubectl("rollout", "status", "deployment/worker", "--timeout=120s")
+    kubectl_until(ns, "rollout", "status", "deployment/worker")
 
     season = reports(teams=16, seed=11)
     vhost.publish(QUEUE, QUEUE, bodies(season))
@@ -203,14 +176,18 @@ def test_worker_deployment_consumes_the_queue_into_the_database(
     # last report says.
     expected = final_statuses(season)
     assert len(season) > 300
-    wait_for(lambda: dict(matches(database)) == expected, "every match in its final state")
+    wait_for(
+        lambda: dict(matches(database)) == expected,
+        "every match in its final state",
+        POD_TIMEOUT,
+    )
     assert vhost.wait_for_depth(QUEUE, 0) == 0
 
 
 def test_scaled_down_worker_finishes_the_batch_it_holds(
     ns: Namespace, node: Node, vhost: Vhost, database: str
 ) -> None:
-    ns.pipeline_secret(node.reachable(vhost.url), node.reachable(database))
+    pipeline_secret(ns, node.reachable(vhost.url), node.reachable(database))
     # A batch closes at 1000 messages or after ten minutes: what the worker receives stays in
     # hand, unacknowledged and unstored, until something else makes it flush.
     settings = {
@@ -220,11 +197,11 @@ def test_scaled_down_worker_finishes_the_batch_it_holds(
         "MATCHOPS_BATCH_WAIT": "10m",
     }
     ns.apply(worker_deployment("worker", settings))
-    ns.kubectl("rollout", "status", "deployment/worker", "--timeout=120s")
+    kubectl_until(ns, "rollout", "status", "deployment/worker")
     fixtures = reports(teams=14, seed=5)[:150]  # the season's fixtures come first
     assert len(final_statuses(fixtures)) == 150
     vhost.publish(QUEUE, QUEUE, bodies(fixtures))
-    wait_for(lambda: vhost.depth(QUEUE) == 0, "the worker to take every message")
+    wait_for(lambda: vhost.depth(QUEUE) == 0, "the worker to take every message", POD_TIMEOUT)
     assert matches(database) == []
 
     logs = subprocess.Popen(
@@ -237,7 +214,11 @@ def test_scaled_down_worker_finishes_the_batch_it_holds(
     try:
         time.sleep(1)  # the stream is attached before the pod is told to stop
         ns.kubectl("scale", "deployment/worker", "--replicas=0")
-        wait_for(lambda: not ns.pods("app=worker"), "the worker pod to be gone")
+        wait_for(
+            lambda: not ns.get("pods", "-l", "app=worker")["items"],
+            "the worker pod to be gone",
+            POD_TIMEOUT,
+        )
         output, _ = logs.communicate(timeout=30)
     finally:
         logs.kill()
@@ -261,7 +242,7 @@ def local_sample_count(*args: str) -> int:
 
 
 def test_job_runs_a_pod_of_the_image_to_completion(ns: Namespace, node: Node, vhost: Vhost) -> None:
-    ns.pipeline_secret(node.reachable(vhost.url))
+    pipeline_secret(ns, node.reachable(vhost.url))
     sample = ["sample-season", "--teams", "6", "--seed", "3"]
     ns.apply(
         {
@@ -271,7 +252,7 @@ def test_job_runs_a_pod_of_the_image_to_completion(ns: Namespace, node: Node, vh
             "spec": job_spec(["matchops", *sample, "--publish", "--declare"]),
         }
     )
-    ns.kubectl("wait", "--for=condition=complete", "job/publish", "--timeout=120s")
+    kubectl_until(ns, "wait", "--for=condition=complete", "job/publish")
 
     expected = local_sample_count(*sample[1:])
     report = json.loads(ns.kubectl("logs", "job/publish").strip().splitlines()[-1])
@@ -282,7 +263,7 @@ def test_job_runs_a_pod_of_the_image_to_completion(ns: Namespace, node: Node, vh
 def test_cronjob_job_created_by_hand_runs_to_completion(
     ns: Namespace, node: Node, vhost: Vhost
 ) -> None:
-    ns.pipeline_secret(node.reachable(vhost.url))
+    pipeline_secret(ns, node.reachable(vhost.url))
     sample = ["sample-season", "--teams", "4", "--seed", "9"]
     ns.apply(
         {
@@ -302,7 +283,7 @@ def test_cronjob_job_created_by_hand_runs_to_completion(
         }
     )
     ns.kubectl("create", "job", "--from=cronjob/scraper", "scraper-manual")
-    ns.kubectl("wait", "--for=condition=complete", "job/scraper-manual", "--timeout=120s")
+    kubectl_until(ns, "wait", "--for=condition=complete", "job/scraper-manual")
     assert vhost.depth("scrapes") == local_sample_count(*sample[1:])
 
 
@@ -329,8 +310,8 @@ def test_kubectl_exec_and_logs_reach_the_pod(ns: Namespace) -> None:
             },
         }
     )
-    ns.kubectl("wait", "--for=condition=Ready", "pod/shell", "--timeout=120s")
-    assert wait_for(lambda: "hello from the pod" in ns.kubectl("logs", "shell"), "the log line")
+    kubectl_until(ns, "wait", "--for=condition=Ready", "pod/shell")
+    wait_for(lambda: "hello from the pod" in ns.kubectl("logs", "shell"), "the log line")
     assert "Consume match messages" in ns.kubectl(
         "exec", "shell", "--", "matchops-worker", "--help"
     )
@@ -338,7 +319,7 @@ def test_kubectl_exec_and_logs_reach_the_pod(ns: Namespace) -> None:
 
 
 def test_pods_reach_the_api_server_through_the_kubernetes_service(ns: Namespace) -> None:
-    ns.apply(
+    for manifest in (
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
@@ -362,8 +343,9 @@ def test_pods_reach_the_api_server_through_the_kubernetes_service(ns: Namespace)
             "metadata": {"name": "in-cluster"},
             "spec": job_spec(["python3", "-c", IN_CLUSTER_CLIENT]),
         },
-    )
-    ns.kubectl("wait", "--for=condition=complete", "job/in-cluster", "--timeout=120s")
+    ):
+        ns.apply(manifest)
+    kubectl_until(ns, "wait", "--for=condition=complete", "job/in-cluster")
     result = json.loads(ns.kubectl("logs", "job/in-cluster").strip())
     service = ns.get("service", "kubernetes", "-n", "default")
     assert result == {"status": 200, "host": service["spec"]["clusterIP"]}
