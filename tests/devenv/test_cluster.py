@@ -48,6 +48,15 @@ def _json(cluster: ClusterAccess, *args: str) -> Any:
     return json.loads(cluster.kubectl(*args, "-o", "json").stdout)
 
 
+def _unpulled(name: str) -> dict[str, Any]:
+    """A container of an image that exists nowhere and is never pulled.
+
+    Its pods are created and, on the session's node if it has started, wait there: no registry
+    is ever asked for the image.
+    """
+    return {"name": name, "image": f"registry.invalid/{name}:1", "imagePullPolicy": "Never"}
+
+
 def _widget(name: str, namespace: str, low: int, high: int) -> str:
     return json.dumps(
         {
@@ -171,15 +180,20 @@ def test_garbage_collector_deletes_what_an_owner_owned(
 def test_deployment_controller_creates_a_replicaset_and_its_pods(
     cluster: ClusterAccess, namespace: str
 ) -> None:
-    cluster.kubectl(
-        "create",
-        "deployment",
-        "web",
-        "--image=registry.invalid/web:1",
-        "--replicas=2",
-        "-n",
-        namespace,
-    )
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": namespace},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [_unpulled("web")]},
+            },
+        },
+    }
+    cluster.kubectl("create", "-f", "-", input=json.dumps(deployment))
 
     def pods_created() -> bool:
         pods = cluster.kubectl("get", "pods", "-n", namespace, "-l", "app=web", "-o", "name")
@@ -193,17 +207,21 @@ def test_deployment_controller_creates_a_replicaset_and_its_pods(
 
 
 def _cronjob(cluster: ClusterAccess, namespace: str, name: str) -> None:
-    cluster.kubectl(
-        "create",
-        "cronjob",
-        name,
-        "--image=registry.invalid/scraper:1",
-        "--schedule=* * * * *",
-        "-n",
-        namespace,
-        "--",
-        "scrape",
-    )
+    scraper = {**_unpulled("scraper"), "command": ["scrape"]}
+    cronjob = {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "schedule": "* * * * *",
+            "jobTemplate": {
+                "spec": {
+                    "template": {"spec": {"restartPolicy": "OnFailure", "containers": [scraper]}}
+                }
+            },
+        },
+    }
+    cluster.kubectl("create", "-f", "-", input=json.dumps(cronjob))
 
 
 def test_job_created_from_a_cronjob_gets_its_pod(cluster: ClusterAccess, namespace: str) -> None:
