@@ -24,6 +24,8 @@ from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import CronJob
 from matchops_worker.topology import Topology
 
+from matchops_operator.status import rfc3339
+
 READY = "Ready"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
@@ -166,8 +168,8 @@ def topology_part(topology: Topology, policy: str | None) -> Part:
     )
 
 
-def scraper_part(name: str, cronjob: CronJob | None) -> Part:
-    """ScraperReady from the applied CronJob (None: no scraper in the spec)."""
+def scraper_part(name: str, cronjob: CronJob | None, now: float) -> Part:
+    """ScraperReady from the applied CronJob (None: no scraper in the spec) at time `now`."""
     if cronjob is None:
         return Part(
             SCRAPER_READY,
@@ -176,7 +178,26 @@ def scraper_part(name: str, cronjob: CronJob | None) -> Part:
             "no scraper configured; producers run elsewhere",
             "no scraper",
         )
-    spec = cronjob.spec
+    spec, status = cronjob.spec, cronjob.status
+    deadline = _job_deadline(cronjob)
+    last = status.lastScheduleTime if status is not None else None
+    if status is not None and last is not None and status.active and deadline:
+        # A Job starts at most startingDeadlineSeconds after its schedule time: still running
+        # past that and its deadline, it has outlived the deadline (as a Job created before
+        # the CronJob had one does; the Job controller ends the others).
+        late = (spec.startingDeadlineSeconds or 0) if spec is not None else 0
+        running = now - last.timestamp()
+        if running > late + deadline:
+            job = status.active[0].name
+            return Part(
+                SCRAPER_READY,
+                "stalled",
+                "ScraperJobOverdue",
+                f"scraper Job {job} of CronJob {name}, scheduled at {rfc3339(last.timestamp())}, "
+                f"is still running after {round(running)}s, past its activeDeadlineSeconds "
+                f"({deadline}s); no other scrape starts while it runs: see why with "
+                f"kubectl describe job {job}, then kubectl delete job {job}",
+            )
     if spec is not None and spec.suspend:
         return Part(
             SCRAPER_READY,
@@ -185,17 +206,17 @@ def scraper_part(name: str, cronjob: CronJob | None) -> Part:
             f"CronJob {name} is suspended",
             "scraper suspended",
         )
-    status = cronjob.status
-    if status is not None and status.lastScheduleTime and not status.active:
+    if status is not None and last is not None and not status.active:
         succeeded = status.lastSuccessfulTime
-        if succeeded is None or succeeded < status.lastScheduleTime:
-            scheduled = status.lastScheduleTime.strftime("%Y-%m-%dT%H:%M:%SZ")
+        if succeeded is None or succeeded < last:
+            ran_out = f", or ran past its activeDeadlineSeconds ({deadline}s)" if deadline else ""
             return Part(
                 SCRAPER_READY,
                 "degraded",
                 "LastRunFailed",
-                f"the scraper Job CronJob {name} started at {scheduled} did not succeed; "
-                f"its pods' logs tell why (kubectl logs job/<job>; kubectl get jobs)",
+                f"the scraper Job of CronJob {name} scheduled at {rfc3339(last.timestamp())} "
+                f"did not succeed: it failed{ran_out}; kubectl get jobs and kubectl describe "
+                "job <job> tell which, its pods' logs why (kubectl logs job/<job>)",
             )
     schedule = f"{spec.schedule!r} ({spec.timeZone})" if spec is not None else "its schedule"
     return Part(
@@ -205,6 +226,12 @@ def scraper_part(name: str, cronjob: CronJob | None) -> Part:
         f"CronJob {name} runs on {schedule}",
         "scraper scheduled",
     )
+
+
+def _job_deadline(cronjob: CronJob) -> int | None:
+    template = cronjob.spec.jobTemplate if cronjob.spec is not None else None
+    job = template.spec if template is not None else None
+    return job.activeDeadlineSeconds if job is not None else None
 
 
 def workers_part(name: str, deployment: Deployment) -> Part:

@@ -287,7 +287,7 @@ class _Run:
             if spec.scraper is None:
                 if existing is not None:
                     await self.kube.delete_child(existing, self.owner)
-                return None, conditions.scraper_part(name, None)
+                return None, conditions.scraper_part(name, None, self.now)
             desired = scraper_cronjob(
                 self.owner, spec.scraper, spec.broker, topology, self.settings.image_pull_policy
             )
@@ -296,7 +296,7 @@ class _Run:
             return None, self._failed(as_problem(exc)).part(conditions.SCRAPER_READY)
         if applied.created:
             self.events.append(EventSpec("Normal", "Created", f"Created CronJob {name}"))
-        return applied.object, conditions.scraper_part(name, applied.object)
+        return applied.object, conditions.scraper_part(name, applied.object, self.now)
 
     async def _workers(
         self,

@@ -55,6 +55,8 @@ class ScraperSpec(_Model):
     args: tuple[str, ...] = ()
     env: tuple[dict[str, Any], ...] = ()
     resources: dict[str, Any] = Field(default_factory=dict)
+    # A stuck scrape would hold back every later one (one Job at a time): its deadline.
+    active_deadline_seconds: int = Field(default=3600, ge=1)
 
 
 class RetrySpec(_Model):

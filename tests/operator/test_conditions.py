@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from lightkube.models.apps_v1 import DeploymentCondition, DeploymentSpec, DeploymentStatus
-from lightkube.models.batch_v1 import CronJobSpec, CronJobStatus, JobTemplateSpec
-from lightkube.models.core_v1 import ObjectReference
+from lightkube.models.batch_v1 import CronJobSpec, CronJobStatus, JobSpec, JobTemplateSpec
+from lightkube.models.core_v1 import ObjectReference, PodTemplateSpec
 from lightkube.models.meta_v1 import LabelSelector, ObjectMeta
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import CronJob
@@ -157,37 +158,85 @@ def test_topology_part_names_what_was_declared() -> None:
     )
 
 
-def cronjob(suspend: bool = False, status: CronJobStatus | None = None) -> CronJob:
+def cronjob(
+    suspend: bool = False, status: CronJobStatus | None = None, deadline: int | None = 3600
+) -> CronJob:
     return CronJob(
         metadata=ObjectMeta(name="x-scraper"),
         spec=CronJobSpec(
-            schedule="0 6 * * *", timeZone="UTC", suspend=suspend, jobTemplate=JobTemplateSpec()
+            schedule="0 6 * * *",
+            timeZone="UTC",
+            suspend=suspend,
+            startingDeadlineSeconds=300,
+            jobTemplate=JobTemplateSpec(
+                spec=JobSpec(activeDeadlineSeconds=deadline, template=PodTemplateSpec())
+            ),
         ),
         status=status,
     )
 
 
-def at(hour: int) -> datetime:
-    return datetime(2026, 1, 1, hour, tzinfo=UTC)
+def at(hour: int, minute: int = 0) -> datetime:
+    return datetime(2026, 1, 1, hour, minute, tzinfo=UTC)
+
+
+NOON = at(12).timestamp()
 
 
 def test_scraper_part() -> None:
-    assert scraper_part("x-scraper", None).reason == "NoScraper"
-    assert scraper_part("x-scraper", cronjob(suspend=True)).reason == "ScraperSuspended"
-    scheduled = scraper_part("x-scraper", cronjob())
+    assert scraper_part("x-scraper", None, NOON).reason == "NoScraper"
+    assert scraper_part("x-scraper", cronjob(suspend=True), NOON).reason == "ScraperSuspended"
+    scheduled = scraper_part("x-scraper", cronjob(), NOON)
     assert (scheduled.state, scheduled.reason) == ("ready", "ScraperScheduled")
     assert scheduled.message == "CronJob x-scraper runs on '0 6 * * *' (UTC)"
     ok = CronJobStatus(lastScheduleTime=at(6), lastSuccessfulTime=at(6))
-    assert scraper_part("x-scraper", cronjob(status=ok)).ready
-    running = CronJobStatus(
-        lastScheduleTime=at(7), lastSuccessfulTime=at(6), active=[ObjectReference(name="j")]
-    )
-    assert scraper_part("x-scraper", cronjob(status=running)).ready
-    failed = scraper_part(
-        "x-scraper", cronjob(status=CronJobStatus(lastScheduleTime=at(7), lastSuccessfulTime=at(6)))
-    )
+    assert scraper_part("x-scraper", cronjob(status=ok), NOON).ready
+
+
+def test_a_failed_run_is_the_scraper_degraded() -> None:
+    status = CronJobStatus(lastScheduleTime=at(7), lastSuccessfulTime=at(6))
+    failed = scraper_part("x-scraper", cronjob(status=status), NOON)
     assert (failed.state, failed.reason) == ("degraded", "LastRunFailed")
-    assert "2026-01-01T07:00:00Z" in failed.message
+    assert failed.message.startswith(
+        "the scraper Job of CronJob x-scraper scheduled at 2026-01-01T07:00:00Z did not succeed: "
+        "it failed, or ran past its activeDeadlineSeconds (3600s);"
+    )
+    never = CronJobStatus(lastScheduleTime=at(7))
+    assert scraper_part("x-scraper", cronjob(status=never), NOON).reason == "LastRunFailed"
+
+
+@pytest.mark.parametrize(
+    ("now", "ready"),
+    [
+        (at(7, 59).timestamp(), True),  # a deadline of an hour, the Job started up to 5 min late
+        (at(8, 6).timestamp(), False),
+    ],
+)
+def test_a_job_running_past_its_deadline_is_the_scraper_stalled(now: float, ready: bool) -> None:
+    running = CronJobStatus(
+        lastScheduleTime=at(7), lastSuccessfulTime=at(6), active=[ObjectReference(name="x-1")]
+    )
+    part = scraper_part("x-scraper", cronjob(status=running), now)
+    assert part.ready is ready
+    if not ready:
+        assert (part.state, part.reason) == ("stalled", "ScraperJobOverdue")
+        assert part.message == (
+            "scraper Job x-1 of CronJob x-scraper, scheduled at 2026-01-01T07:00:00Z, is still "
+            "running after 3960s, past its activeDeadlineSeconds (3600s); no other scrape starts "
+            "while it runs: see why with kubectl describe job x-1, then kubectl delete job x-1"
+        )
+    # Suspending the CronJob does not end the Job: the overdue Job is still told.
+    suspended = scraper_part("x-scraper", cronjob(suspend=True, status=running), now)
+    assert suspended.reason == ("ScraperSuspended" if ready else "ScraperJobOverdue")
+
+
+def test_a_cronjob_without_a_job_deadline_never_calls_a_job_overdue() -> None:
+    running = CronJobStatus(lastScheduleTime=at(7), active=[ObjectReference(name="x-1")])
+    part = scraper_part("x-scraper", cronjob(status=running, deadline=None), at(23).timestamp())
+    assert part.ready
+    failed = CronJobStatus(lastScheduleTime=at(7))
+    part = scraper_part("x-scraper", cronjob(status=failed, deadline=None), NOON)
+    assert "activeDeadlineSeconds" not in part.message
 
 
 def deployment(
@@ -236,7 +285,7 @@ def test_workers_part() -> None:
 def test_ready_message_sums_the_parts_up_briefly() -> None:
     parts = [
         topology_part(build_topology("matches"), None),
-        scraper_part("x-scraper", cronjob()),
+        scraper_part("x-scraper", cronjob(), NOON),
         workers_part("x-worker", deployment(2, available=2, updated=2)),
     ]
     ready = by_type(render(parts, generation=1, now=NOW))["Ready"]

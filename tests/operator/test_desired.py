@@ -69,6 +69,7 @@ def test_cronjob_runs_the_scraper_on_its_schedule(spec: MatchIngestionSpec) -> N
     assert cron["concurrencyPolicy"] == "Forbid"
     assert cron["successfulJobsHistoryLimit"] == 3
     assert cron["failedJobsHistoryLimit"] == 3
+    assert cron["jobTemplate"]["spec"]["activeDeadlineSeconds"] == 3600
     pod = cron["jobTemplate"]["spec"]["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     assert pod["automountServiceAccountToken"] is False
@@ -77,6 +78,15 @@ def test_cronjob_runs_the_scraper_on_its_schedule(spec: MatchIngestionSpec) -> N
     assert container["args"] == ["scrape", "--age-group", "U14"]
     assert container["resources"] == {"requests": {"cpu": "100m"}}
     assert "imagePullPolicy" not in container
+
+
+def test_a_scraper_job_ends_at_its_deadline() -> None:
+    spec = parse_spec({**SPEC, "scraper": {**SPEC["scraper"], "activeDeadlineSeconds": 900}})
+    assert spec.scraper is not None
+    cronjob = scraper_cronjob(
+        OWNER, spec.scraper, spec.broker, topology_for(OWNER.name, spec.broker)
+    )
+    assert cronjob.spec.jobTemplate.spec.activeDeadlineSeconds == 900  # type: ignore[union-attr]
 
 
 def test_cronjob_reads_the_broker_url_by_reference_under_both_names(

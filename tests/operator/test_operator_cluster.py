@@ -146,6 +146,7 @@ def test_legacy_sample_creates_cronjob_deployment_and_queues(
     cronjob = pipeline.get("cronjob", "matches-scraper")
     assert cronjob["spec"]["schedule"] == "0 6 * * *"
     assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    assert cronjob["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"] == 3600
     assert {k: cronjob["metadata"]["ownerReferences"][0][k] for k in owner} == owner
     (scraper,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     env = {var["name"]: var for var in scraper["env"]}

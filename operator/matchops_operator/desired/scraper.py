@@ -41,7 +41,8 @@ def scraper_cronjob(
     topology: Topology,
     pull_policy: PullPolicy | None = None,
 ) -> CronJob:
-    """The CronJob that runs the scraper on its schedule, one Job at a time."""
+    """The CronJob that runs the scraper on its schedule, one Job at a time, each Job ended
+    (failed) once it has run `activeDeadlineSeconds`."""
     env = [
         # The broker URL under both names: matchops producers read MATCHOPS_AMQP_URL, the
         # legacy Celery scraper reads CELERY_BROKER_URL.
@@ -88,6 +89,7 @@ def scraper_cronjob(
                 metadata=ObjectMeta(labels=labels(owner, "scraper")),
                 spec=JobSpec(
                     backoffLimit=BACKOFF_LIMIT,
+                    activeDeadlineSeconds=scraper.active_deadline_seconds,
                     template=PodTemplateSpec(
                         metadata=ObjectMeta(labels=labels(owner, "scraper")),
                         spec=pod,
