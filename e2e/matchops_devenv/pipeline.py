@@ -313,6 +313,29 @@ class Pipeline:
         items: list[dict[str, Any]] = self.get("pods", "-l", selector)["items"]
         return items
 
+    def ready_pods(self, component: str) -> list[str]:
+        """The names of a component's pods that are Ready."""
+        return [
+            pod["metadata"]["name"]
+            for pod in self.pods(component)
+            if any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in pod.get("status", {}).get("conditions", [])
+            )
+        ]
+
+    def follow_log(self, pod: str) -> subprocess.Popen[str]:
+        """`kubectl logs --follow` of a running pod: its output ends when the container exits,
+        so it holds what the pod said last even once the pod is gone."""
+        access = self.target.access
+        return subprocess.Popen(
+            [str(access.kubectl_path), "-n", self.namespace, "logs", "--follow", pod],
+            env=dict(os.environ, KUBECONFIG=str(access.kubeconfig)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
     def table(self, *args: str) -> str:
         """`kubectl get mi NAME`: the columns a person reads first."""
         return self.kubectl("get", "matchingestion", self.name, *args)
@@ -378,6 +401,11 @@ class Snapshot:
         return backlog
 
     @property
+    def consumers(self) -> int:
+        """Consumers on the queue at the operator's last poll: workers that really serve."""
+        return int(self.backlog.get("consumers", 0))
+
+    @property
     def drained(self) -> bool:
         """The operator's last poll saw no message waiting or held by a worker."""
         return self.backlog.get("ready") == self.backlog.get("unacked") == 0
@@ -406,8 +434,7 @@ class Watch:
         snapshot = Snapshot(stored_count(self.dsn), self.pipeline.status(), desired, ready)
         self.peak_desired = max(self.peak_desired, desired)
         self.peak_ready = max(self.peak_ready, ready)
-        consumers = int(snapshot.backlog.get("consumers", 0))
-        self.peak_consumers = max(self.peak_consumers, consumers)
+        self.peak_consumers = max(self.peak_consumers, snapshot.consumers)
         return snapshot
 
     def new_events(self) -> list[dict[str, Any]]:
@@ -451,8 +478,10 @@ def scraped_ingestion(
     target_backlog_per_replica: int,
     scale_down_delay_seconds: int,
     retry_delays: tuple[str, ...] = ("1s", "5s"),
+    workers: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A MatchIngestion whose scraper is the project image's sample producer.
+    """A MatchIngestion whose scraper is the project image's sample producer; `workers` adds
+    fields of `spec.workers` (prefetch, batchSize, ...).
 
     The scraper runs daily, twelve hours from now: never by itself during a run, which starts
     it with `start_scraper`.
@@ -476,6 +505,7 @@ def scraped_ingestion(
                 "maxReplicas": max_replicas,
                 "targetBacklogPerReplica": target_backlog_per_replica,
                 "scaleDownDelaySeconds": scale_down_delay_seconds,
+                **(workers or {}),
             },
             "database": {},
         },

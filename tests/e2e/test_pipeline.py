@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import subprocess
 from collections.abc import Callable
 
 import pytest
@@ -31,9 +32,16 @@ from matchops_devenv.season import Season, expected_reason
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.node, pytest.mark.e2e]
 
-# Two divisions of 12 teams: 264 fixtures, 132 results, 7 invalid messages.
-SEASON = Season()
+# Six divisions of 20 teams: 2,280 fixtures, 1,140 results, 7 invalid messages. Workers take
+# one message at a time (prefetch and batch 1), so the season keeps several of them busy: the
+# operator sizes them 100 messages a replica until it has measured their pace.
+SEASON = Season(
+    divisions=("Northeast", "Mid-Atlantic", "Southeast", "Florida", "Central", "Texas"), teams=20
+)
+ONE_AT_A_TIME = {"prefetch": 1, "batchSize": 1}
 LEGACY_TASK = "celery_tasks.match_tasks.process_match_data"
+# What a worker logs when SIGTERM stops it: it finished the batch in hand, acked, and exited.
+GRACEFUL_STOP = ("stopping: consumer cancelled, finishing the batch in hand", "worker stopped")
 
 
 def columns(table: str) -> dict[str, str]:
@@ -56,58 +64,86 @@ def test_a_scraped_season_is_stored_scaled_and_dead_lettered(
 ) -> None:
     pipeline = pipelines("u14-season")
     pipeline.create_secrets(e2e_vhost.url, e2e_database, e2e_broker.management_url)
-    pipeline.apply(
-        scraped_ingestion(
-            e2e_target.image,
-            SEASON.scraper_args(),
-            exchange="mlsnext",
-            queue="mlsnext-u14",
-            routing_keys=["mlsnext.u14"],
-            max_replicas=3,
-            target_backlog_per_replica=100,
-            scale_down_delay_seconds=5,
-        )
+    manifest = scraped_ingestion(
+        e2e_target.image,
+        SEASON.scraper_args(),
+        exchange="mlsnext",
+        queue="mlsnext-u14",
+        routing_keys=["mlsnext.u14"],
+        max_replicas=3,
+        target_backlog_per_replica=100,
+        scale_down_delay_seconds=5,
+        workers=ONE_AT_A_TIME,
     )
+    pipeline.apply(manifest)
     pipeline.wait("Ready")
     assert pipeline.workers() == (0, 0), "an idle pipeline runs no workers"
 
     pipeline.start_scraper("scrape-now")
     expected = SEASON.final_state()
     watch = Watch(pipeline, e2e_database)
-    watch.until(lambda s: s.stored == len(expected), f"{len(expected)} matches stored", 240)
-    # Every match has a row once its fixture is stored; its result may still be on its way.
-    with contextlib.suppress(PipelineError):
-        wait_for(
-            lambda: stored_matches(e2e_database) == expected, "every match in its final state", 120
+    followed: dict[str, subprocess.Popen[str]] = {}
+    try:
+        # Two worker pods ready and consuming, with messages still waiting for them.
+        busy = watch.until(
+            lambda s: s.ready >= 2 and s.consumers >= 2 and s.backlog.get("ready", 0) > 0,
+            "two worker pods consuming while messages wait",
+            240,
         )
-    assert stored_matches(e2e_database) == expected
-    # The scraper published the season where the operator told it to.
-    published = json.loads(pipeline.finish_scraper("scrape-now"))
-    assert published["published"] == SEASON.message_count()
-    assert (published["exchange"], published["routing_key"]) == ("mlsnext", "mlsnext.u14")
+        followed = {pod: pipeline.follow_log(pod) for pod in pipeline.ready_pods("worker")}
+        # A lowered maxReplicas applies at once: the operator scales down mid-work, and the
+        # pods it removes get SIGTERM with messages in hand.
+        manifest["spec"]["workers"]["maxReplicas"] = 1
+        pipeline.apply(manifest)
+        watch.until(lambda s: s.stored == len(expected), f"{len(expected)} matches stored", 240)
+        # Every match has a row once its fixture is stored; its result may still be on its way.
+        with contextlib.suppress(PipelineError):
+            wait_for(
+                lambda: stored_matches(e2e_database) == expected,
+                "every match in its final state",
+                120,
+            )
+        assert stored_matches(e2e_database) == expected
+        # The scraper published the season where the operator told it to.
+        published = json.loads(pipeline.finish_scraper("scrape-now"))
+        assert published["published"] == SEASON.message_count()
+        assert (published["exchange"], published["routing_key"]) == ("mlsnext", "mlsnext.u14")
 
-    # Scaled up from zero on the first backlog seen (a poll may catch the scraper half-way),
-    # then to several workers, each step with the numbers behind it.
-    scaled = pipeline.scaled()
-    up = re.fullmatch(r"Scaled workers 0 → [1-9]\d*: backlog [1-9]\d*, .*", scaled[0])
-    assert up is not None, scaled
-    steps = [re.match(r"Scaled workers (\d+) → (\d+)", message) for message in scaled]
-    assert max(int(step.group(2)) for step in steps if step) > 1, scaled
+        # Scaled up from zero on the first backlog seen (a poll may catch the scraper
+        # half-way), then to several workers, each step with the numbers behind it.
+        scaled = pipeline.scaled()
+        up = re.fullmatch(r"Scaled workers 0 → [1-9]\d*: backlog [1-9]\d*, .*", scaled[0])
+        assert up is not None, scaled
+        steps = [re.match(r"Scaled workers (\d+) → (\d+)", message) for message in scaled]
+        assert max(int(step.group(2)) for step in steps if step) > 1, scaled
+        assert watch.peak_ready >= 2, f"at most {watch.peak_ready} worker pods were ready"
+        assert watch.peak_consumers >= 2, f"at most {watch.peak_consumers} consumers"
+        # Down to one while the backlog was not drained.
+        mid_work = [
+            m
+            for m in scaled
+            if re.match(r"Scaled workers [2-9] → 1: maxReplicas is 1; backlog [1-9]\d*", m)
+        ]
+        assert mid_work, f"no scale-down while messages waited: {scaled}; before: {busy}"
 
-    drained = watch.until(lambda s: s.drained, "the backlog drained in status", 60)
-    assert drained.backlog["deadLettered"] == SEASON.invalid
+        drained = watch.until(lambda s: s.drained, "the backlog drained in status", 60)
+        assert drained.backlog["deadLettered"] == SEASON.invalid
 
-    # Down again after the scale-down delay, one step at a time, to no pod at all.
-    watch.until(lambda s: s.scaled_to_zero, "workers scaled to zero", 90)
-    down = [m for m in pipeline.scaled() if m.startswith("Scaled workers 1 → 0")]
-    assert down, pipeline.scaled()
-    assert "scale-down delay 5s" in down[-1]
-    wait_for(lambda: not pipeline.pods("worker"), "worker pods gone", 60, pipeline.diagnose)
-    # The operator asked for several workers and pods ran them. How many were ready at once
-    # depends on whether the first pod drained the season before the next one started.
-    assert watch.peak_desired >= 2, f"the operator asked for {watch.peak_desired} workers"
-    assert watch.peak_ready >= 1, f"at most {watch.peak_ready} worker pods were ready"
-    assert watch.peak_consumers >= 1, f"at most {watch.peak_consumers} consumers"
+        # Down again after the scale-down delay, one step at a time, to no pod at all.
+        watch.until(lambda s: s.scaled_to_zero, "workers scaled to zero", 90)
+        down = [m for m in pipeline.scaled() if m.startswith("Scaled workers 1 → 0")]
+        assert down, pipeline.scaled()
+        assert "scale-down delay 5s" in down[-1]
+        wait_for(lambda: not pipeline.pods("worker"), "worker pods gone", 60, pipeline.diagnose)
+        # Every pod that served, those removed mid-work included, stopped the graceful way:
+        # the batch in hand written and acked before it exited.
+        for pod, log in followed.items():
+            said = log.communicate(timeout=60)[0]
+            assert all(line in said for line in GRACEFUL_STOP), f"{pod}:\n{said[-3000:]}"
+    finally:
+        for log in followed.values():
+            log.kill()
+            log.wait()
 
     # What a person reads.
     cells = columns(pipeline.table())
