@@ -18,7 +18,8 @@ import subprocess
 import sys
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -203,10 +204,18 @@ def test_helm_install_cluster_wide(
     assert not exists(cluster, "clusterrole", name)
 
 
-def _overlay(tmp_path: Path, namespace: str, prefix: str) -> Path:
-    """A user's overlay of manifests/base: its own namespace and name prefix."""
-    overlay = tmp_path / "overlay"
-    overlay.mkdir()
+@dataclass(frozen=True)
+class Applied:
+    """A kustomization applied to the cluster: where the operator went, and its name."""
+
+    namespace: str
+    name: str
+    output: str  # what `kubectl apply` printed
+
+
+def _overlay(directory: Path, source: Path, namespace: str, prefix: str) -> Path:
+    """A user's overlay of `source`: its own namespace, name prefix and image tag."""
+    directory.mkdir(parents=True)
     transformer = {
         "apiVersion": "builtin",
         "kind": "NamespaceTransformer",
@@ -218,27 +227,64 @@ def _overlay(tmp_path: Path, namespace: str, prefix: str) -> Path:
         ],
     }
     kustomization = {
-        "resources": [os.path.relpath(MANIFESTS / "base", overlay)],
+        "resources": [os.path.relpath(source, directory)],
+        # Cluster-scoped names (the discovery ClusterRole) must not meet another install's.
         "namePrefix": prefix,
         "images": [{"name": "localhost/matchops", "newTag": "dev"}],
         "transformers": [yaml.safe_dump(transformer)],
     }
-    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
-    return overlay
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return directory
 
 
-def test_kustomize_apply(cluster: ClusterAccess, crd_as_found: None, tmp_path: Path) -> None:
-    suffix = _suffix()
-    namespace, other = f"deploy-kz-{suffix}", f"deploy-other-{suffix}"
-    prefix = f"kz{suffix}-"
-    name = f"{prefix}matchops"
-    overlay = _overlay(tmp_path, namespace, prefix)
+@pytest.fixture
+def apply_overlay(
+    cluster: ClusterAccess, crd_as_found: None, tmp_path: Path
+) -> Iterator[Callable[[Path], Applied]]:
+    """Server-side applies an overlay of a kustomization (base, overlays/namespaced) into a
+    fresh namespace; removes what it applied afterwards, the MatchIngestions there included."""
+    applied: list[Applied] = []
+
+    def apply(source: Path) -> Applied:
+        suffix = _suffix()
+        namespace, prefix = f"deploy-kz-{suffix}", f"kz{suffix}-"
+        overlay = _overlay(tmp_path / f"overlay-{suffix}", source, namespace, prefix)
+        output = cluster.kubectl("apply", "--server-side", "-k", str(overlay)).stdout
+        applied.append(Applied(namespace, f"{prefix}matchops", output))
+        return applied[-1]
+
+    yield apply
+    for done in applied:
+        cluster.kubectl(
+            "delete", "deployment", done.name, "-n", done.namespace, "--ignore-not-found"
+        )
+        found = get(cluster, "matchingestions", "-n", done.namespace)["items"]
+        drop_pipelines(cluster, [(done.namespace, mi["metadata"]["name"]) for mi in found])
+        cluster.kubectl("delete", "namespace", done.namespace, "--wait=false")
+        cluster.kubectl(
+            "delete",
+            f"clusterrolebinding/{done.name}-discovery",
+            f"clusterrole/{done.name}-discovery",
+            "--ignore-not-found",
+        )
+
+
+@pytest.mark.parametrize(
+    "source",
+    [MANIFESTS / "base", MANIFESTS / "overlays" / "namespaced"],
+    ids=["base", "namespaced-overlay"],
+)
+def test_kustomize_apply(
+    cluster: ClusterAccess, apply_overlay: Callable[[Path], Applied], source: Path
+) -> None:
+    applied = apply_overlay(source)
+    namespace, name = applied.namespace, applied.name
+    other = f"deploy-other-{_suffix()}"
     cluster.kubectl("create", "namespace", other)
     try:
-        applied = cluster.kubectl("apply", "--server-side", "-k", str(overlay)).stdout
-        assert f"namespace/{namespace} serverside-applied" in applied
+        assert f"namespace/{namespace} serverside-applied" in applied.output
         assert "customresourcedefinition.apiextensions.k8s.io/matchingestions.matchops.dev" in (
-            applied
+            applied.output
         )
         assert exists(cluster, CRD)
         assert_operator_deployment(cluster, namespace, name, "localhost/matchops:dev")
@@ -247,14 +293,51 @@ def test_kustomize_apply(cluster: ClusterAccess, crd_as_found: None, tmp_path: P
         rows = expected_access(served=[namespace], secret_namespaces=[], elsewhere=other)
         assert_access(cluster, (namespace, name), rows)
     finally:
-        for namespace_name in (namespace, other):
-            cluster.kubectl("delete", "namespace", namespace_name, "--wait=false")
-        cluster.kubectl(
-            "delete",
-            f"clusterrolebinding/{name}-discovery",
-            f"clusterrole/{name}-discovery",
-            "--ignore-not-found",
+        cluster.kubectl("delete", "namespace", other, "--wait=false")
+
+
+def contains(stored: Any, written: Any) -> bool:
+    """Whether every field `written` sets is in `stored` with the same value."""
+    if isinstance(written, dict):
+        return isinstance(stored, dict) and all(
+            key in stored and contains(stored[key], value) for key, value in written.items()
         )
+    return bool(stored == written)
+
+
+def test_samples_apply_to_the_namespaced_overlay(
+    cluster: ClusterAccess, apply_overlay: Callable[[Path], Applied], tmp_path: Path
+) -> None:
+    namespace = apply_overlay(MANIFESTS / "overlays" / "namespaced").namespace
+    cluster.kubectl("wait", "--for=condition=Established", CRD, "--timeout=60s", timeout=90)
+    # The samples in the overlay's namespace, wherever that is.
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    kustomization = {
+        "namespace": namespace,
+        "resources": [os.path.relpath(MANIFESTS / "samples", samples)],
+    }
+    (samples / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    cluster.kubectl("apply", "--server-side", "-k", str(samples))
+
+    written = {
+        doc["metadata"]["name"]: doc
+        for path in sorted((MANIFESTS / "samples").glob("*.yaml"))
+        if path.name != "kustomization.yaml"
+        for doc in load_all(path.read_text())
+    }
+    found = get(cluster, "matchingestions", "-n", namespace)["items"]
+    stored = {mi["metadata"]["name"]: mi for mi in found}
+    assert sorted(stored) == sorted(written)
+    for name, sample in written.items():
+        assert contains(stored[name]["spec"], sample["spec"]), (name, stored[name]["spec"])
+    # What the minimal sample leaves out, the API server fills in from the CRD's defaults.
+    minimal = stored["u14-northeast"]["spec"]
+    assert minimal["scraper"]["timeZone"] == "UTC"
+    assert minimal["scraper"]["suspend"] is False
+    assert minimal["broker"]["queueType"] == "quorum"
+    assert minimal["broker"]["retry"]["delays"] == ["10s", "1m", "5m"]
+    assert minimal["workers"]["maxReplicas"] == 10
 
 
 # ---- the operator program, with nothing but the chart's permissions ------------------------
