@@ -212,14 +212,6 @@ class WorkerPool:
             self.replacements.append(time.monotonic() - killed)
             return
 
-    def wait_started(self) -> None:
-        """Wait for every replacement to consume; fail if one could not start."""
-        for thread in self._starting:
-            thread.join()
-        self._starting = []
-        if self._failures:
-            raise self._failures[0]
-
     def handled(self) -> float:
         """Messages the live workers have settled (stored, skipped or dead-lettered)."""
         total = 0.0
@@ -246,10 +238,16 @@ class WorkerPool:
         return "\n".join(f"--- {w.service.name}\n{w.log}" for w in self.workers)
 
     def stop(self) -> list[int | None]:
-        """SIGTERM every worker (each finishes its batch); their exit codes."""
-        self.wait_started()
+        """SIGTERM every worker (each finishes its batch) once every replacement has started or
+        given up; their exit codes. Then fail if a replacement could not start."""
+        for thread in self._starting:
+            thread.join()
+        self._starting = []
         codes = [worker.stop(timeout=60) for worker in self.workers]
         self.workers = []
+        failures, self._failures = self._failures, []
+        if failures:
+            raise failures[0]
         return codes
 
 
