@@ -1,8 +1,11 @@
 """kopf handlers: thin adapters from kopf's causes to the Reconciler.
 
-- create / resume / spec update: reconcile now; a failure that keeps the queue from being read
+- create / resume / spec update: reconcile; a failure that keeps the queue from being read
   (missing Secret, unreachable broker, refused credentials) is retried with backoff.
 - a timer per resource: poll the backlog, scale, and repair drift of the topology and children.
+
+A new spec is tried at once; the same spec again (a poll, a retry) only once the backoff of its
+last failure has passed, whichever of them comes first.
 - delete: honour `deletionPolicy` (Delete removes the queues) behind a finalizer.
 """
 
@@ -15,7 +18,7 @@ from typing import Any
 import kopf
 
 from matchops_operator.config import OperatorSettings
-from matchops_operator.reconciler import Reconciler
+from matchops_operator.reconciler import Outcome, Reconciler
 from matchops_operator.spec import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
@@ -50,8 +53,7 @@ def register(
                 problem.reason,
                 problem.message,
             )
-        if outcome.retry_after is not None:
-            raise kopf.TemporaryError(outcome.summary, delay=outcome.retry_after)
+        _retry_later(outcome)
 
     @kopf.timer(
         GROUP,
@@ -62,18 +64,22 @@ def register(
         sharp=False,
         registry=registry,
     )
-    async def poll(body: kopf.Body, uid: str, **_: Any) -> None:
-        if not reconciler.backing_off(uid):
-            await reconciler.reconcile(body)
+    async def poll(body: kopf.Body, **_: Any) -> None:
+        await reconciler.reconcile(body)
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, id="delete", registry=registry)
     async def delete(body: kopf.Body, uid: str, **_: Any) -> None:
         outcome = await reconciler.delete(body)
-        if outcome.retry_after is not None:
-            raise kopf.TemporaryError(outcome.summary, delay=outcome.retry_after)
+        _retry_later(outcome)
         log.info("%s/%s: %s", body.metadata.namespace, body.metadata.name, outcome.summary)
         reconciler.forget(uid)
 
     @kopf.on.cleanup(registry=registry)
     async def close(**_: Any) -> None:
         await reconciler.close()
+
+
+def _retry_later(outcome: Outcome) -> None:
+    """kopf retries the handler after the Outcome's backoff, if it has one."""
+    if outcome.retry_after is not None:
+        raise kopf.TemporaryError(outcome.summary, delay=outcome.retry_after)

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from lightkube.resources.apps_v1 import Deployment
@@ -27,12 +27,13 @@ from matchops_operator.desired.scraper import scraper_cronjob
 from matchops_operator.desired.topology import stale_bindings, topology_for
 from matchops_operator.desired.workers import worker_deployment
 from matchops_operator.kube import Kube
+from matchops_operator.plans import WorkersPlan, created_event, plan_workers
 from matchops_operator.problems import Problem, as_problem, stalled
+from matchops_operator.retries import Attempts, after_attempt
 from matchops_operator.spec import MatchIngestionSpec, SpecError, WorkersSpec, parse_spec
 from matchops_operator.status import (
     OWNED,
     backlog_status,
-    history_from_status,
     rfc3339,
     scraper_status,
     status_patch,
@@ -85,8 +86,13 @@ class _Memory:
     status: dict[str, Any] | None = None
     generation: int = 0
     history: scaling.History | None = None
-    failures: int = 0
-    next_attempt: float = 0.0
+    # Failures that keep the queue from being read hold back the whole reconciliation.
+    reconciling: Attempts = field(default_factory=Attempts)
+    # Failures that keep the workers from being applied hold back that step, and the last one
+    # stands (as WorkersReady) until it is tried again.
+    workers: Attempts = field(default_factory=Attempts)
+    workers_problem: Problem | None = None
+    deleting: Attempts = field(default_factory=Attempts)
 
 
 class Reconciler:
@@ -108,13 +114,12 @@ class Reconciler:
         """Drop what was kept for a deleted resource."""
         self._memory.pop(uid, None)
 
-    def backing_off(self, uid: str) -> bool:
-        """Whether the last failure's backoff has not yet passed (polls skip until it has)."""
-        memory = self._memory.get(uid)
-        return memory is not None and self._clock() < memory.next_attempt
-
     async def reconcile(self, body: Mapping[str, Any]) -> Outcome:
-        """Converge one MatchIngestion; failures end up in its status, Events and the Outcome."""
+        """Converge one MatchIngestion; failures end up in its status, Events and the Outcome.
+
+        A spec already tried waits out the backoff of the last failure that kept the queue from
+        being read (the Outcome then only says how long is left); a new spec is tried at once.
+        """
         resource = Resource.from_body(body)
         memory = self._memory.setdefault(resource.owner.uid, _Memory())
         async with memory.lock:
@@ -122,8 +127,19 @@ class Reconciler:
                 # A body older than one already reconciled (a poll that waited for the lock
                 # while a spec change was handled): acting on it would undo the change.
                 return Outcome()
+            now = self._clock()
+            if resource.generation > memory.generation:
+                # A new spec is tried at once, every step of it.
+                memory.reconciling = memory.workers = Attempts()
+                memory.workers_problem = None
+            elif not memory.reconciling.due(now):
+                failures = memory.reconciling.failures
+                return Outcome(
+                    retry_after=memory.reconciling.remaining(now),
+                    done=f"{failures} failures in a row; backing off",
+                )
             memory.generation = resource.generation
-            run = _Run(self._kube, self._settings, resource, memory, self._clock())
+            run = _Run(self._kube, self._settings, resource, memory, now)
             try:
                 observed = await run.execute()
             except Exception as exc:
@@ -132,21 +148,24 @@ class Reconciler:
                 problem = as_problem(exc)
                 event = EventSpec("Warning", problem.reason, problem.message)
                 await self._record(resource.owner, event)
-                return Outcome((problem,), self._back_off(memory))
-            if not run.problems:
-                memory.failures, memory.next_attempt = 0, 0.0
-                return Outcome()
-            if observed:
-                # Polling still works (e.g. a queue conflict): it goes on as usual.
-                memory.failures, memory.next_attempt = 0, 0.0
+                memory.reconciling = self._after(memory.reconciling, failed=True)
+                return Outcome((problem,), memory.reconciling.remaining(self._clock()))
+            if run.workers_tried:
+                failed = run.workers_problem is not None
+                memory.workers = self._after(memory.workers, failed=failed)
+                memory.workers_problem = run.workers_problem
+            # Polling goes on as usual while the queue can be read (e.g. a queue conflict).
+            unobserved = bool(run.problems) and not observed
+            memory.reconciling = self._after(memory.reconciling, failed=unobserved)
+            if not unobserved:
                 return Outcome(tuple(run.problems))
-            return Outcome(tuple(run.problems), self._back_off(memory))
+            return Outcome(tuple(run.problems), memory.reconciling.remaining(self._clock()))
 
-    def _back_off(self, memory: _Memory) -> float:
-        memory.failures += 1
-        delay = self._settings.backoff(memory.failures)
-        memory.next_attempt = self._clock() + delay
-        return delay
+    def _after(self, attempts: Attempts, *, failed: bool) -> Attempts:
+        """A step's record after an attempt that ends now."""
+        return after_attempt(
+            attempts, failed=failed, now=self._clock(), backoff=self._settings.backoff
+        )
 
     async def delete(self, body: Mapping[str, Any]) -> Outcome:
         """Honour deletionPolicy: Retain keeps the queues, Delete removes them.
@@ -176,13 +195,14 @@ class Reconciler:
                 message = f"queues {names} kept on the broker: {problem.message}"
                 await self._record(owner, EventSpec("Warning", "QueuesKept", message))
                 return Outcome(done=message)
-            if memory.failures == 0:
+            if memory.deleting.failures == 0:
                 message = (
                     f"cannot delete queues {names} (deletionPolicy Delete): {problem.message}; "
                     "retrying; set deletionPolicy: Retain to keep them and let go"
                 )
                 await self._record(owner, EventSpec("Warning", problem.reason, message))
-            return Outcome((problem,), self._back_off(memory))
+            memory.deleting = self._after(memory.deleting, failed=True)
+            return Outcome((problem,), memory.deleting.remaining(self._clock()))
         message = f"deletionPolicy Delete: deleted queues {names}"
         await self._record(owner, EventSpec("Normal", "QueuesDeleted", message))
         return Outcome(done=message)
@@ -219,6 +239,9 @@ class _Run:
         self.previous: Mapping[str, Any] = memory.status or resource.status
         self.problems: list[Problem] = []
         self.events: list[EventSpec] = []
+        # Whether the workers step was tried (not waiting out a backoff), and how it failed.
+        self.workers_tried = False
+        self.workers_problem: Problem | None = None
 
     async def execute(self) -> bool:
         """Reconcile and report; whether the queue could be observed."""
@@ -295,7 +318,7 @@ class _Run:
         except Exception as exc:
             return None, self._failed(as_problem(exc)).part(conditions.SCRAPER_READY)
         if applied.created:
-            self.events.append(EventSpec("Normal", "Created", f"Created CronJob {name}"))
+            self.events.append(created_event("CronJob", name))
         return applied.object, conditions.scraper_part(name, applied.object, self.now)
 
     async def _workers(
@@ -307,20 +330,20 @@ class _Run:
         """Decide the replicas and apply the worker Deployment; with WorkersReady."""
         name = child_name(self.owner, "worker")
         limits = _limits(spec.workers)
+
+        def plan(deployment: Deployment | None) -> WorkersPlan:
+            replicas = _replicas(deployment) if deployment is not None else None
+            return plan_workers(limits, observation, self.memory.history, self.previous, replicas)
+
+        waiting = self.memory.workers_problem
+        if waiting is not None and not self.memory.workers.due(self.now):
+            # The last failure stands until its backoff has passed; the backlog is still read.
+            return self._workers_not_applied(plan(None), waiting)
+        self.workers_tried = True
+        planned: WorkersPlan | None = None
         try:
             existing = await self.kube.get(Deployment, self.owner, name)
-        except Exception as exc:
-            history = self.memory.history or history_from_status(self.previous, limits.min_replicas)
-            part = self._failed(as_problem(exc)).part(conditions.WORKERS_READY)
-            return _Workers(scaling.Decision(history.replicas, "not applied", history), None, part)
-        start = _replicas(existing) if existing is not None else limits.min_replicas
-        history = self.memory.history or history_from_status(self.previous, start)
-        decision = (
-            scaling.decide(observation, limits, history)
-            if observation is not None
-            else scaling.hold(limits, history)
-        )
-        try:
+            planned = plan(existing)
             await self.kube.secret_value(
                 self.owner.namespace, spec.database.secret_ref, "the PostgreSQL DSN"
             )
@@ -329,28 +352,20 @@ class _Run:
                 spec,
                 topology,
                 image=self._worker_image(spec),
-                replicas=decision.replicas,
+                replicas=planned.decision.replicas,
                 pull_policy=self.settings.image_pull_policy,
             )
             applied = await self.kube.apply(desired, existing, self.owner)
         except Exception as exc:
-            # Nothing was applied: keep what the measurements taught, not the new replicas.
-            kept = replace(decision.history, replicas=history.replicas)
-            part = self._failed(as_problem(exc)).part(conditions.WORKERS_READY)
-            return _Workers(scaling.Decision(history.replicas, "not applied", kept), None, part)
-        if applied.created:
-            self.events.append(EventSpec("Normal", "Created", f"Created Deployment {name}"))
-        scaled = decision.replicas != history.replicas
-        if scaled:
-            self.events.append(
-                EventSpec(
-                    "Normal",
-                    "Scaled",
-                    f"Scaled workers {history.replicas} → {decision.replicas}: {decision.reason}",
-                )
-            )
+            self.workers_problem = as_problem(exc)
+            return self._workers_not_applied(planned or plan(None), self.workers_problem)
+        self.events.extend(planned.events(name, applied.created))
         part = conditions.workers_part(name, applied.object)
-        return _Workers(decision, applied.object, part, scaled)
+        return _Workers(planned.decision, applied.object, part, planned.scaled)
+
+    def _workers_not_applied(self, planned: WorkersPlan, problem: Problem) -> _Workers:
+        part = self._failed(problem).part(conditions.WORKERS_READY)
+        return _Workers(planned.not_applied(), None, part)
 
     def _worker_image(self, spec: MatchIngestionSpec) -> str:
         image = spec.workers.image or self.settings.worker_image

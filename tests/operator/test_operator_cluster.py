@@ -8,9 +8,11 @@ so each scenario takes seconds.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -101,8 +103,10 @@ def pipeline(
 
 
 @contextmanager
-def running_operator(pipeline: Pipeline, worker_image: str = WORKER_IMAGE) -> Iterator[KopfRunner]:
-    """The operator watching the test's namespace: 1 s polls, short backoff."""
+def running_operator(
+    pipeline: Pipeline, worker_image: str = WORKER_IMAGE, backoff: tuple[float, float] = (0.5, 2.0)
+) -> Iterator[KopfRunner]:
+    """The operator watching the test's namespace: 1 s polls, short backoff (first, most)."""
     settings = OperatorSettings(
         namespaces=(pipeline.name,),
         poll_interval=1.0,
@@ -111,8 +115,8 @@ def running_operator(pipeline: Pipeline, worker_image: str = WORKER_IMAGE) -> It
         image_pull_policy="Never",
         liveness_port=None,
         standalone=True,
-        retry_min_delay=0.5,
-        retry_max_delay=2.0,
+        retry_min_delay=backoff[0],
+        retry_max_delay=backoff[1],
         kubeconfig=pipeline.cluster.kubeconfig,
     )
     args = ["run", "--standalone", "--namespace", pipeline.name]
@@ -486,6 +490,75 @@ def test_unreachable_broker_is_retried_until_it_answers(
     )
     pipeline.wait_condition("u14-northeast", "Ready", "True", timeout=30)
     assert pipeline.condition("u14-northeast", "Reconciling") is None
+
+
+@contextmanager
+def counting_listener() -> Iterator[tuple[int, list[float]]]:
+    """A local port that accepts each connection and closes it at once; when each came."""
+    accepted: list[float] = []
+    stop = threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(0.1)
+
+        def serve() -> None:
+            while not stop.is_set():
+                try:
+                    connection, _ = server.accept()
+                except TimeoutError:
+                    continue
+                accepted.append(time.monotonic())
+                connection.close()
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            yield server.getsockname()[1], accepted
+        finally:
+            stop.set()
+            thread.join()
+
+
+def test_a_failing_broker_is_tried_ever_less_often(pipeline: Pipeline) -> None:
+    backoff = OperatorSettings(retry_min_delay=1.0, retry_max_delay=8.0).backoff
+    with counting_listener() as (port, attempts):
+        pipeline.secrets(url=f"amqp://matchops:secret@127.0.0.1:{port}/%2F", management=False)
+        pipeline.apply(sample("minimal.yaml"))
+        with running_operator(pipeline, backoff=(1.0, 8.0)):
+            wait_for(lambda: len(attempts) >= 5, "five connection attempts", timeout=60)
+            reconciling = pipeline.condition("u14-northeast", "Reconciling")
+    gaps = [round(later - earlier, 2) for earlier, later in itertools.pairwise(attempts[:5])]
+    # Polls (every second) and kopf's retries both wait out the backoff: 1, 2, 4, 8 s.
+    assert all(gap >= 0.9 * backoff(n) for n, gap in enumerate(gaps, start=1)), gaps
+    assert gaps[-1] > 2 * gaps[0], gaps
+    assert reconciling is not None
+    assert reconciling["reason"] == "BrokerUnreachable"
+
+
+def test_a_missing_database_secret_holds_the_workers_not_the_backlog(
+    pipeline: Pipeline, operator: KopfRunner
+) -> None:
+    pipeline.secret("rabbitmq", {"url": pipeline.vhost.url})
+    pipeline.apply(sample("minimal.yaml"))
+    workers = pipeline.wait_condition("u14-northeast", "WorkersReady", "False", "SecretNotFound")
+    assert workers["message"].startswith(f"Secret {pipeline.name}/postgres not found")
+    pipeline.vhost.publish("u14-northeast", "u14-northeast", [b"{}"] * 7)
+    wait_for(
+        lambda: pipeline.ingestion("u14-northeast")["status"]["backlog"]["ready"] == 7,
+        "the backlog in status while the workers wait for their Secret",
+    )
+    topology = pipeline.condition("u14-northeast", "TopologyReady")
+    assert topology is not None
+    assert topology["status"] == "True"
+
+    pipeline.secret("postgres", {"dsn": "postgresql://matchops@postgres:5432/matches"})
+    wait_for(
+        lambda: pipeline.kubectl(
+            "get", "deployment", "u14-northeast-worker", "--ignore-not-found", "-o", "name"
+        ).strip(),
+        "the worker Deployment",
+    )
+    assert pipeline.replicas("u14-northeast") == 1  # a worker for the waiting messages
+    pipeline.wait_condition("u14-northeast", "WorkersReady", "False", "WorkersProgressing")
 
 
 def test_no_worker_image_anywhere_is_reported(pipeline: Pipeline) -> None:
