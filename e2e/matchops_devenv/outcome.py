@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import psycopg
-from psycopg.rows import dict_row
 
 from matchops_devenv.broker_tools import Message, Vhost
-from matchops_devenv.season import MatchState
+from matchops_devenv.season import Identity, MatchState, by_external_id
 
 REASON = "x-matchops-reason"
 ERROR = "x-matchops-error"
@@ -28,24 +27,42 @@ class DeadLetter:
         return cls(message.body, str(headers.get(REASON, "")), str(headers.get(ERROR, "")))
 
 
-def stored_matches(dsn: str) -> dict[str, MatchState]:
-    """Every stored match with an external id, as the worker's `match_results` view shows it."""
-    with psycopg.connect(dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(
-            "SELECT external_match_id, home_team, away_team, match_date, status, "
-            "home_score, away_score FROM match_results WHERE external_match_id IS NOT NULL"
-        ).fetchall()
-    return {
-        row["external_match_id"]: MatchState(
-            home_team=row["home_team"],
-            away_team=row["away_team"],
-            match_date=row["match_date"].isoformat(),
-            status=row["status"],
-            home_score=row["home_score"],
-            away_score=row["away_score"],
+# Outer joins: a match whose team, season or age group row is missing still shows (with None
+# for the name), where the match_results view would drop it.
+_STORED = """
+SELECT m.external_match_id, s.name, a.name, h.name, w.name, m.match_date::text,
+       m.status, m.home_score, m.away_score
+FROM matches m
+LEFT JOIN seasons s ON s.id = m.season_id
+LEFT JOIN age_groups a ON a.id = m.age_group_id
+LEFT JOIN teams h ON h.id = m.home_team_id
+LEFT JOIN teams w ON w.id = m.away_team_id
+"""
+
+
+def stored_rows(dsn: str) -> list[tuple[Identity, MatchState]]:
+    """Every row of the matches table, as its identity and state (references resolved to
+    names); a match stored twice shows twice."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(_STORED).fetchall()
+    stored = []
+    for row in rows:
+        external, season, age_group, home, away, match_date, status, home_score, away_score = row
+        key: Identity = (
+            ("external", external)
+            if external is not None
+            else ("natural", season, age_group, home, away, match_date)
         )
-        for row in rows
-    }
+        match = MatchState(
+            season, age_group, home, away, match_date, status, home_score, away_score
+        )
+        stored.append((key, match))
+    return stored
+
+
+def stored_matches(dsn: str) -> dict[str, MatchState]:
+    """Every stored match with an external id, by that id."""
+    return by_external_id(stored_rows(dsn))
 
 
 def stored_count(dsn: str) -> int:

@@ -3,7 +3,8 @@
 The scraper runs `matchops sample-season --publish` in the project image; the same settings
 here give the same messages (the season is seeded), so the expected outcome is computed from
 the reports themselves: the last report of each match is its final state, and every invalid
-message ends in the dead-letter queue with the reason below.
+message ends in the dead-letter queue with the reason below. The fault suite computes its
+expected outcomes with the same functions.
 """
 
 from __future__ import annotations
@@ -15,17 +16,68 @@ from typing import Any
 
 from matchops_worker.sample import SeasonPlan, invalid_messages, mixed_stream, season_reports
 
+# A match's identity: ("external", id), or ("natural", season, age group, home, away, date)
+# for a match reported without an external id.
+Identity = tuple[str, ...]
+
 
 @dataclass(frozen=True)
 class MatchState:
-    """What a stored match says: who played when, its status and score."""
+    """What a stored match says: which season and age group, who played when, status, score."""
 
+    season: str
+    age_group: str
     home_team: str
     away_team: str
     match_date: str
     status: str
     home_score: int | None
     away_score: int | None
+
+
+def either(report: Mapping[str, Any], name: str, newer: str) -> Any:
+    """A field of a report under the contract's name or the scraper's newer one (None if
+    neither is there)."""
+    return report[name] if name in report else report.get(newer)
+
+
+def identity(report: Mapping[str, Any]) -> Identity:
+    """The match a report is about, as the worker identifies it."""
+    external = either(report, "external_match_id", "match_id")
+    if external is not None:
+        return ("external", str(external))
+    return (
+        "natural",
+        report["season"],
+        report["age_group"],
+        report["home_team"],
+        report["away_team"],
+        str(either(report, "match_date", "date")),
+    )
+
+
+def state(report: Mapping[str, Any]) -> MatchState:
+    """The state a report gives its match."""
+    return MatchState(
+        season=report["season"],
+        age_group=report["age_group"],
+        home_team=report["home_team"],
+        away_team=report["away_team"],
+        match_date=str(either(report, "match_date", "date")),
+        status=str(either(report, "match_status", "status")),
+        home_score=either(report, "home_score", "score_home"),
+        away_score=either(report, "away_score", "score_away"),
+    )
+
+
+def final_states(reports: Iterable[Mapping[str, Any]]) -> dict[Identity, MatchState]:
+    """Each match's last report, for reports in the order they were observed."""
+    return {identity(report): state(report) for report in reports}
+
+
+def by_external_id(matches: Iterable[tuple[Identity, MatchState]]) -> dict[str, MatchState]:
+    """The matches that have an external id, by that id."""
+    return {key[1]: match for key, match in matches if key[0] == "external"}
 
 
 @dataclass(frozen=True)
@@ -69,34 +121,7 @@ class Season:
 
     def final_state(self) -> dict[str, MatchState]:
         """Each match's last report, by external id: what the database must hold."""
-        return final_state(self.reports())
-
-
-def final_state(reports: Iterable[Mapping[str, Any]]) -> dict[str, MatchState]:
-    """The last report of each match by external id, read under either naming of the contract."""
-    state: dict[str, MatchState] = {}
-    for report in reports:
-        key = str(_either(report, "external_match_id", "match_id"))
-        state[key] = MatchState(
-            home_team=report["home_team"],
-            away_team=report["away_team"],
-            match_date=str(_either(report, "match_date", "date")),
-            status=str(_either(report, "match_status", "status")),
-            home_score=_either(report, "home_score", "score_home", None),
-            away_score=_either(report, "away_score", "score_away", None),
-        )
-    return state
-
-
-_MISSING = object()
-
-
-def _either(report: Mapping[str, Any], name: str, newer: str, default: Any = _MISSING) -> Any:
-    if name in report:
-        return report[name]
-    if newer in report or default is _MISSING:
-        return report[newer]
-    return default
+        return by_external_id(final_states(self.reports()).items())
 
 
 def expected_reason(body: bytes) -> str:

@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 from matchops_devenv.images import PROJECT_IMAGE
 from matchops_devenv.pipeline import split_image
-from matchops_devenv.season import MatchState, Season, expected_reason, final_state
+from matchops_devenv.season import (
+    MatchState,
+    Season,
+    by_external_id,
+    expected_reason,
+    final_states,
+)
 from matchops_devenv.targets import (
     HOST_ADDRESS_ENV,
     IMAGE_ENV,
@@ -82,18 +88,27 @@ def test_an_image_as_the_charts_repository_and_tag(image: str, parts: tuple[str,
 
 
 def test_the_final_state_is_each_matchs_last_report_under_either_naming() -> None:
+    league = {"season": "2025-26", "age_group": "U14"}
     reports: list[dict[str, Any]] = [
-        {"external_match_id": "a", "home_team": "H", "away_team": "A", "match_date": "2025-09-06",
-         "match_status": "scheduled"},
-        {"match_id": "b", "home_team": "X", "away_team": "Y", "date": "2025-09-13",
+        {**league, "external_match_id": "a", "home_team": "H", "away_team": "A",
+         "match_date": "2025-09-06", "match_status": "scheduled"},
+        {**league, "match_id": "b", "home_team": "X", "away_team": "Y", "date": "2025-09-13",
          "status": "scheduled"},
-        {"match_id": "a", "home_team": "H", "away_team": "A", "date": "2025-09-06",
+        {**league, "match_id": "a", "home_team": "H", "away_team": "A", "date": "2025-09-06",
          "status": "completed", "score_home": 2, "score_away": 1},
+        {**league, "home_team": "H", "away_team": "X", "date": "2025-09-20",
+         "status": "scheduled"},
     ]  # fmt: skip
-    assert final_state(reports) == {
-        "a": MatchState("H", "A", "2025-09-06", "completed", 2, 1),
-        "b": MatchState("X", "Y", "2025-09-13", "scheduled", None, None),
+    assert final_states(reports) == {
+        ("external", "a"): MatchState("2025-26", "U14", "H", "A", "2025-09-06", "completed", 2, 1),
+        ("external", "b"): MatchState(
+            "2025-26", "U14", "X", "Y", "2025-09-13", "scheduled", None, None
+        ),
+        ("natural", "2025-26", "U14", "H", "X", "2025-09-20"): MatchState(
+            "2025-26", "U14", "H", "X", "2025-09-20", "scheduled", None, None
+        ),
     }
+    assert sorted(by_external_id(final_states(reports).items())) == ["a", "b"]
 
 
 def test_the_scraper_publishes_the_season_and_its_invalid_messages() -> None:

@@ -21,13 +21,15 @@ from pathlib import Path
 
 import psycopg
 from matchops_devenv.broker_tools import Message, Vhost, publish_in_transactions
+from matchops_devenv.outcome import stored_rows
 from matchops_devenv.procs import ServiceError
+from matchops_devenv.season import Identity, MatchState
 from matchops_devenv.worker import WorkerProcess
 from matchops_worker.durations import format_duration
 from matchops_worker.topology import Topology, build_topology, declare
 
 from .report import Figures
-from .workload import Identity, MatchState, Outgoing, Workload
+from .workload import Outgoing, Workload
 
 QUEUE = "matches"
 SETTLED = ("created", "updated", "unchanged", "stale", "superseded", "dead_lettered")
@@ -308,38 +310,6 @@ class Progress:
 
 # --- accounting ----------------------------------------------------------------------------
 
-_STORED = """
-SELECT m.external_match_id, s.name, a.name, h.name, w.name, m.match_date::text,
-       m.status, m.home_score, m.away_score
-FROM matches m
-LEFT JOIN seasons s ON s.id = m.season_id
-LEFT JOIN age_groups a ON a.id = m.age_group_id
-LEFT JOIN teams h ON h.id = m.home_team_id
-LEFT JOIN teams w ON w.id = m.away_team_id
-"""
-
-
-def stored_matches(dsn: str) -> list[tuple[Identity, MatchState]]:
-    """Every stored match: its identity and state, references resolved to names."""
-    with psycopg.connect(dsn) as conn:
-        rows = conn.execute(_STORED).fetchall()
-    matches = []
-    for external, season, age_group, home, away, match_date, status, home_score, away_score in rows:
-        key: Identity = (
-            ("external", external)
-            if external is not None
-            else ("natural", season, age_group, home, away, match_date)
-        )
-        matches.append(
-            (
-                key,
-                MatchState(
-                    season, age_group, home, away, match_date, status, home_score, away_score
-                ),
-            )
-        )
-    return matches
-
 
 def reference_counts(dsn: str) -> dict[str, tuple[int, int]]:
     """Per reference table: rows and distinct names (equal unless a name was created twice)."""
@@ -399,7 +369,7 @@ class Tally:
 
 def account(workload: Workload, dsn: str, dead: list[Message]) -> Tally:
     """Compare the database and the dead-letter queue with what was published."""
-    stored = stored_matches(dsn)
+    stored = stored_rows(dsn)
     by_identity: dict[Identity, MatchState] = {}
     for key, match in stored:
         by_identity.setdefault(key, match)
@@ -440,7 +410,7 @@ def account(workload: Workload, dsn: str, dead: list[Message]) -> Tally:
 
 
 @dataclass
-class Watch:
+class Settling:
     """Whether a workload has settled, or stopped moving short of it."""
 
     workload: Workload
@@ -457,7 +427,7 @@ class Watch:
         depths = {queue.name: self.vhost.depth(queue.name) for queue in self.layout.queues}
         dead = depths.pop(self.layout.dead_letter_queue)
         waiting = sum(depths.values())
-        stored = dict(stored_matches(self.dsn))
+        stored = dict(stored_rows(self.dsn))
         if (
             not waiting
             and dead >= len(self.workload.poison)
@@ -479,9 +449,9 @@ def settle(
     quiet: float = 15.0,
 ) -> None:
     """Wait until the workload has settled, got stuck, or the time is up."""
-    watch = Watch(workload, dsn, vhost, layout, quiet)
+    settling = Settling(workload, dsn, vhost, layout, quiet)
     with contextlib.suppress(AssertionError):
-        wait_until(watch.done, timeout, "settled", 0.5)
+        wait_until(settling.done, timeout, "settled", 0.5)
 
 
 def finish(workload: Workload, dsn: str, vhost: Vhost, layout: Topology, pool: WorkerPool) -> Tally:

@@ -16,9 +16,10 @@ import random
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from matchops_devenv.season import Identity, MatchState, identity, state
 from matchops_worker.contract import CELERY_TASKS, celery_message
 
-from .workload import Identity, MatchState, Outgoing, Workload, identity, state
+from .workload import Outgoing, Workload
 
 TEAMS = [f"Club {n:03d}" for n in range(60)]
 FIRST_SEEN = datetime(2025, 8, 1, tzinfo=UTC)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from matchops_devenv.broker_tools import Vhost
+from matchops_devenv.outcome import stored_rows
 
 from . import histories
 from .harness import (
@@ -17,7 +18,6 @@ from .harness import (
     fill,
     publish,
     reference_counts,
-    stored_matches,
     topology,
 )
 from .report import Figures
@@ -89,5 +89,5 @@ def test_an_older_report_arriving_last_loses_to_a_newer_identical_one(
             pool.wait_handled(count)
     finally:
         pool.stop()
-    ((_, stored),) = stored_matches(database)
+    ((_, stored),) = stored_rows(database)
     assert stored.status == "scheduled"

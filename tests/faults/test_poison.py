@@ -16,6 +16,7 @@ import amqp  # type: ignore[import-untyped]
 import pika
 import pytest
 from matchops_devenv.broker_tools import Vhost
+from matchops_devenv.outcome import stored_rows
 from matchops_devenv.postgres import PostgreSQL
 from matchops_devenv.rabbitmq import RabbitMQ
 from matchops_worker.topology import declare
@@ -27,7 +28,6 @@ from .harness import (
     WorkerPool,
     drain,
     fill,
-    stored_matches,
     topology,
 )
 from .report import Figures
@@ -194,7 +194,7 @@ def test_a_message_stamped_with_its_producers_user_is_dead_lettered(
     assert dead.body == b"{not json"
     assert dead.headers["x-matchops-reason"] == "invalid-json"
     assert dead.headers["x-matchops-original-user-id"] == user
-    assert len(stored_matches(database)) == 1
+    assert len(stored_rows(database)) == 1
     assert connections == 1
 
 
@@ -230,4 +230,4 @@ def test_a_header_pika_cannot_write_back_does_not_stop_the_worker(
     (dead,) = vhost.take(layout.dead_letter_queue)
     assert dead.headers["x-matchops-reason"] == "invalid-json"
     assert dead.headers["weight"] == "100000000000000000000"
-    assert len(stored_matches(database)) == 1
+    assert len(stored_rows(database)) == 1

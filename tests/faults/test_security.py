@@ -28,13 +28,14 @@ from deploy.render import MANIFESTS, Obj, chart, kustomize
 from matchops_devenv.access import ClusterAccess
 from matchops_devenv.broker_tools import Vhost
 from matchops_devenv.namespace import CRD, Namespace, install_crd, sample, wait_for
+from matchops_devenv.outcome import stored_rows
 from matchops_devenv.postgres import PostgreSQL
 from matchops_devenv.rabbitmq import RabbitMQ
 from matchops_devenv.toolchain import REPO_ROOT
 from matchops_worker.contract import CELERY_TASKS, celery_message
 from psycopg import sql
 
-from .harness import QUEUE, WorkerPool, publish, stored_matches, topology
+from .harness import QUEUE, WorkerPool, publish, topology
 from .operator_run import OperatorProcess
 from .workload import GOOD, Outgoing
 
@@ -360,7 +361,7 @@ def test_hostile_names_are_stored_verbatim_as_parameters(
         pool.wait_handled(len(matches), timeout=30)
     finally:
         pool.stop()
-    stored = {state.home_team for _, state in stored_matches(database)}
+    stored = {state.home_team for _, state in stored_rows(database)}
     assert stored == {m["home_team"] for m in matches}
     logged = statement_log(marker)
     assert logged, "the statement log shows nothing: the check would prove nothing"

@@ -22,13 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pika
+from matchops_devenv.season import Identity, MatchState, either, final_states, identity
 from matchops_worker.contract import CELERY_TASKS, celery_message
 from matchops_worker.sample import DIVISIONS, SeasonPlan, season_reports
 
 AGE_GROUPS = ("U13", "U14", "U15", "U16", "U17", "U19")
 SEASONS = ("2022-23", "2023-24", "2024-25", "2025-26", "2026-27", "2027-28")
-# A match identity: ("external", id) or ("natural", season, age group, home, away, date).
-Identity = tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -54,20 +53,6 @@ class Outgoing:
 
 
 @dataclass(frozen=True)
-class MatchState:
-    """What the database must say about one match."""
-
-    season: str
-    age_group: str
-    home_team: str
-    away_team: str
-    match_date: str
-    status: str
-    home_score: int | None
-    away_score: int | None
-
-
-@dataclass(frozen=True)
 class Workload:
     """Messages in publishing order, with the end state they must produce."""
 
@@ -81,38 +66,6 @@ class Workload:
     @property
     def valid(self) -> int:
         return len(self.messages) - len(self.poison)
-
-
-def _pick(report: Mapping[str, Any], name: str, newer: str) -> Any:
-    """A field under the contract's name or the scraper's newer one."""
-    return report[name] if name in report else report.get(newer)
-
-
-def identity(report: Mapping[str, Any]) -> Identity:
-    external = _pick(report, "external_match_id", "match_id")
-    if external is not None:
-        return ("external", str(external))
-    return (
-        "natural",
-        report["season"],
-        report["age_group"],
-        report["home_team"],
-        report["away_team"],
-        str(_pick(report, "match_date", "date")),
-    )
-
-
-def state(report: Mapping[str, Any]) -> MatchState:
-    return MatchState(
-        season=report["season"],
-        age_group=report["age_group"],
-        home_team=report["home_team"],
-        away_team=report["away_team"],
-        match_date=str(_pick(report, "match_date", "date")),
-        status=str(_pick(report, "match_status", "status")),
-        home_score=_pick(report, "home_score", "score_home"),
-        away_score=_pick(report, "away_score", "score_away"),
-    )
 
 
 def season_stream(count: int, seed: int = 2025) -> list[dict[str, Any]]:
@@ -143,11 +96,11 @@ def without_external_ids(
 ) -> list[dict[str, Any]]:
     """The reports, with every report of a `share` of the matches stripped of its external id."""
     rng = random.Random(seed)
-    ids = sorted({str(_pick(r, "external_match_id", "match_id")) for r in reports})
+    ids = sorted({str(either(r, "external_match_id", "match_id")) for r in reports})
     natural = set(rng.sample(ids, round(len(ids) * share)))
     stripped = []
     for report in reports:
-        if str(_pick(report, "external_match_id", "match_id")) in natural:
+        if str(either(report, "external_match_id", "match_id")) in natural:
             report = {k: v for k, v in report.items() if k not in ("external_match_id", "match_id")}
         stripped.append(report)
     return stripped
@@ -165,11 +118,6 @@ def envelope(message_id: str, report: Mapping[str, Any], celery: bool) -> Outgoi
             task.headers,
         )
     return Outgoing(message_id, json.dumps(report).encode())
-
-
-def final_states(reports: Sequence[Mapping[str, Any]]) -> dict[Identity, MatchState]:
-    """Each match's last report: the stream reports every match in time order."""
-    return {identity(report): state(report) for report in reports}
 
 
 # --- poison --------------------------------------------------------------------------------
