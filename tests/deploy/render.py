@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import os
 import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -31,15 +32,17 @@ Key = tuple[str, str | None, str]
 
 
 class RenderError(RuntimeError):
-    """helm or kustomize refused to render; the message carries their stderr."""
+    """helm or kubectl failed; the message carries their stderr."""
 
 
-def _run(program: str, args: Sequence[str]) -> str:
+def _run(program: str, args: Sequence[str], kubeconfig: Path | None = None) -> str:
+    env = None if kubeconfig is None else dict(os.environ, KUBECONFIG=str(kubeconfig))
     result = subprocess.run(
         [str(toolchain.program(program)), *args],
+        env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
         check=False,
     )
     if result.returncode != 0:
@@ -47,9 +50,10 @@ def _run(program: str, args: Sequence[str]) -> str:
     return result.stdout
 
 
-def helm(*args: str) -> str:
-    """Run helm; RenderError with its stderr on failure."""
-    return _run("helm", args)
+def helm(*args: str, kubeconfig: Path | None = None) -> str:
+    """Run helm, against the cluster of `kubeconfig` if given; RenderError with its stderr on
+    failure."""
+    return _run("helm", args, kubeconfig)
 
 
 def load_all(text: str) -> list[Obj]:

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import yaml
+from matchops_operator.desired.common import Owner, labels
+from matchops_operator.desired.workers import METRICS_PORT_NAME
 from matchops_operator.main import parse_args
 
 from .render import (
@@ -225,9 +227,6 @@ def test_pod_monitor_scrapes_the_worker_pods_of_the_served_namespaces() -> None:
 
 
 def test_worker_pod_labels_match_the_pod_monitor_selector() -> None:
-    from matchops_operator.desired.common import Owner, labels
-    from matchops_operator.desired.workers import METRICS_PORT_NAME
-
     worker = labels(Owner("pipeline", "ns", "uid"), "worker")
     selector = the(chart({"metrics": {"podMonitor": {"enabled": True}}}), "PodMonitor")["spec"]
     assert selector["selector"]["matchLabels"].items() <= worker.items()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 import urllib.request
 import uuid
@@ -25,13 +24,21 @@ from typing import Any
 
 import pytest
 import yaml
-from matchops_devenv import toolchain
 from matchops_devenv.access import ClusterAccess, KubectlError
 from matchops_devenv.broker_tools import Vhost
 from matchops_devenv.ports import free_port
 from matchops_devenv.procs import Service, tail
 
-from .render import CHART, MANIFESTS, Access, env_of, expected_access, load_all, operator_container
+from .render import (
+    CHART,
+    MANIFESTS,
+    Access,
+    env_of,
+    expected_access,
+    helm,
+    load_all,
+    operator_container,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
@@ -41,19 +48,6 @@ HELM_OWNERSHIP = ("meta.helm.sh/release-name", "meta.helm.sh/release-namespace")
 
 def _suffix() -> str:
     return uuid.uuid4().hex[:8]
-
-
-def helm(cluster: ClusterAccess, *args: str) -> str:
-    result = subprocess.run(
-        [str(toolchain.program("helm")), *args],
-        env=dict(os.environ, KUBECONFIG=str(cluster.kubeconfig)),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert result.returncode == 0, f"helm {' '.join(args)}: {result.stderr}"
-    return result.stdout
 
 
 def get(cluster: ClusterAccess, *args: str) -> dict[str, Any]:
@@ -131,8 +125,12 @@ def helm_install(cluster: ClusterAccess, release: str, namespace: str, *sets: st
     never_pull = ("image.pullPolicy=Never", "image.childPullPolicy=Never")
     for value in ("image.tag=dev", *never_pull, *sets):
         args += ["--set", value]
-    notes = helm(cluster, *args)
+    notes = helm(*args, kubeconfig=cluster.kubeconfig)
     assert f"installed as release {release} in namespace {namespace}" in notes
+
+
+def uninstall(cluster: ClusterAccess, release: str, namespace: str) -> None:
+    helm("uninstall", release, "--namespace", namespace, "--wait", kubeconfig=cluster.kubeconfig)
 
 
 def assert_crd_installed_and_kept_by(cluster: ClusterAccess, release: str) -> None:
@@ -174,7 +172,7 @@ def test_helm_install_namespaced(
         rows = expected_access(served=[served], secret_namespaces=[], elsewhere=other)
         assert_access(cluster, (ops, name), rows)
     finally:
-        helm(cluster, "uninstall", release, "--namespace", ops, "--wait")
+        uninstall(cluster, release, ops)
     # The CRD outlives the release (and with it every MatchIngestion); the rest goes.
     assert exists(cluster, CRD)
     assert not exists(cluster, "clusterrole", f"{name}-discovery")
@@ -200,7 +198,7 @@ def test_helm_install_cluster_wide(
         rows = expected_access(served=None, secret_namespaces=[served], elsewhere=other)
         assert_access(cluster, (ops, name), rows)
     finally:
-        helm(cluster, "uninstall", release, "--namespace", ops, "--wait")
+        uninstall(cluster, release, ops)
     assert not exists(cluster, "clusterrole", name)
 
 
@@ -370,7 +368,10 @@ def start_operator(
     cluster: ClusterAccess, release: str, namespace: str, state_dir: Path
 ) -> Service:
     """Run `matchops-operator` here with the release's settings and ServiceAccount."""
-    objs = load_all(helm(cluster, "get", "manifest", release, "--namespace", namespace))
+    manifest = helm(
+        "get", "manifest", release, "--namespace", namespace, kubeconfig=cluster.kubeconfig
+    )
+    objs = load_all(manifest)
     container = operator_container(objs)
     name = f"{release}-matchops"
     kubeconfig = service_account_kubeconfig(
@@ -510,7 +511,7 @@ def test_operator_reconciles_with_only_the_namespaced_permissions(
         service.stop()
         print(service.log_path.read_text())  # shown by pytest when the test fails
         drop_pipelines(cluster, [(served, "matches")])
-        helm(cluster, "uninstall", release, "--namespace", ops, "--wait")
+        uninstall(cluster, release, ops)
     # Least privilege, and still nothing refused: namespaced mode makes no cluster-wide reads.
     refused = refused_requests(service)
     assert not refused, "\n".join(refused)
@@ -551,6 +552,6 @@ def test_cluster_mode_reads_secrets_only_where_bound(
         service.stop()
         print(service.log_path.read_text())  # shown by pytest when the test fails
         drop_pipelines(cluster, [(served, "bound"), (other, "unbound")])
-        helm(cluster, "uninstall", release, "--namespace", ops, "--wait")
+        uninstall(cluster, release, ops)
     refused = [line for line in refused_requests(service) if other not in line]
     assert not refused, "\n".join(refused)

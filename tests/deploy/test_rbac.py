@@ -12,6 +12,7 @@ import pytest
 
 from .render import (
     MANIFESTS,
+    Access,
     Obj,
     allowed,
     chart,
@@ -136,8 +137,6 @@ def test_effective_permissions(
 
 def test_kopf_peering_permissions_only_with_peering() -> None:
     rows = [("get", "kopfpeerings.kopf.dev"), ("patch", "kopfpeerings.kopf.dev")]
-    from .render import Access
-
     with_peering = chart({"operator": {"replicas": 2}, "peering": {"enabled": True}})
     without = chart()
     for verb, resource in rows:
