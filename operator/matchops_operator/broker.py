@@ -92,8 +92,8 @@ def sync(access: BrokerAccess, topology: Topology, stale: Sequence[Binding] = ()
         else:
             declared = True
             channel.close()
-        ready, consumers = _depth(connection, topology.queue)
-        dead_lettered, _ = _depth(connection, topology.dead_letter_queue)
+        ready, consumers = _ready_backlog(connection, topology.queue)
+        dead_lettered, _ = _ready_backlog(connection, topology.dead_letter_queue)
     observed_at = time.time()
 
     policy: str | None = None
@@ -231,8 +231,11 @@ def _refused(
     )
 
 
-def _depth(connection: pika.BlockingConnection, queue: str) -> tuple[int | None, int | None]:
-    """Ready messages and consumers of a queue; (None, None) if it does not exist."""
+def _ready_backlog(
+    connection: pika.BlockingConnection, queue: str
+) -> tuple[int | None, int | None]:
+    """The ready part of a queue's backlog (what AMQP tells; the unacknowledged part needs the
+    management API), and its consumers; (None, None) if the queue does not exist."""
     channel = connection.channel()
     try:
         frame = channel.queue_declare(queue=queue, passive=True)

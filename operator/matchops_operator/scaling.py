@@ -178,7 +178,7 @@ def needed_replicas(
         per_second = backlog / limits.target_drain_seconds + arriving
         wanted = per_second / throughput
         basis = (
-            f"backlog {backlog}, ~{_rate(throughput)}/s per replica, "
+            f"backlog {_backlog(observation)}, ~{_rate(throughput)}/s per replica, "
             f"target drain {limits.target_drain_seconds}s"
         )
         if arriving:
@@ -186,7 +186,7 @@ def needed_replicas(
     else:
         wanted = backlog / limits.target_backlog_per_replica
         basis = (
-            f"backlog {backlog}, throughput not measured yet, "
+            f"backlog {_backlog(observation)}, throughput not measured yet, "
             f"target {limits.target_backlog_per_replica} per replica"
         )
     # Any message waiting needs a worker, however fast the others would be.
@@ -199,6 +199,14 @@ def clamp(replicas: int, limits: Limits) -> int:
 
 def _scale(target: int, reason: str, history: History) -> Decision:
     return Decision(target, reason, replace(history, replicas=target))
+
+
+def _backlog(observation: Observation) -> str:
+    """The backlog in a reason, "1840 (ready 1800, unacked 40)"; without the management API
+    unacked is not known, and the backlog is the ready messages alone."""
+    if observation.unacked is None:
+        return str(observation.backlog)
+    return f"{observation.backlog} (ready {observation.ready}, unacked {observation.unacked})"
 
 
 def _rate(value: float) -> str:

@@ -42,7 +42,11 @@ def backlog_status(
     observation: Observation, dead_lettered: int | None, previous: Mapping[str, Any] | None
 ) -> dict[str, Any]:
     """`status.backlog`; observedAt stays put while the figures do not change."""
-    figures: dict[str, Any] = {"ready": observation.ready, "consumers": observation.consumers}
+    figures: dict[str, Any] = {
+        "total": observation.backlog,
+        "ready": observation.ready,
+        "consumers": observation.consumers,
+    }
     if observation.unacked is not None:
         figures["unacked"] = observation.unacked
     if dead_lettered is not None:

@@ -112,7 +112,10 @@ def test_a_scraped_season_is_stored_scaled_and_dead_lettered(
         # Scaled up from zero on the first backlog seen (a poll may catch the scraper
         # half-way), then to several workers, each step with the numbers behind it.
         scaled = pipeline.scaled()
-        up = re.fullmatch(r"Scaled workers 0 → [1-9]\d*: backlog [1-9]\d*, .*", scaled[0])
+        up = re.fullmatch(
+            r"Scaled workers 0 → [1-9]\d*: backlog [1-9]\d* \(ready \d+, unacked \d+\), .*",
+            scaled[0],
+        )
         assert up is not None, scaled
         steps = [re.match(r"Scaled workers (\d+) → (\d+)", message) for message in scaled]
         assert max(int(step.group(2)) for step in steps if step) > 1, scaled

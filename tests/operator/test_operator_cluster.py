@@ -356,20 +356,28 @@ def test_backlog_scales_workers_up_and_down_with_events(
         lambda: [m for m in scaled_events(pipeline, "matches") if m.split(":")[0].endswith("4")],
         "a Scaled Event up to 4",
     )
-    assert re.fullmatch(
-        r"Scaled workers [0-3] → 4: backlog \d+, throughput not measured yet, "
+    up = re.fullmatch(
+        r"Scaled workers [0-3] → 4: backlog (\d+) \(ready (\d+), unacked (\d+)\), "
+        r"throughput not measured yet, "
         r"target 100 per replica( \(capped at maxReplicas 4\))?",
         ups[0],
-    ), ups[0]
+    )
+    assert up is not None, ups[0]
+    backlog, ready, unacked = (int(figure) for figure in up.groups()[:3])
+    assert backlog == ready + unacked
     workers = pipeline.ingestion("matches")["status"]["workers"]
     assert workers["desiredReplicas"] == 4
     assert workers["lastScaleReason"] == ups[0].split(": ", 1)[1]
     # No node runs the workers' image: they are on their way, not ready.
     pipeline.wait_condition("matches", "Reconciling", "True", "WorkersProgressing")
-    wait_for(
-        lambda: pipeline.ingestion("matches")["status"]["backlog"]["ready"] == 1000,
+    backlog_status = wait_for(
+        lambda: (
+            pipeline.ingestion("matches")["status"]["backlog"]["ready"] == 1000
+            and pipeline.ingestion("matches")["status"]["backlog"]
+        ),
         "the whole backlog in status",
     )
+    assert backlog_status["total"] == 1000 + backlog_status["unacked"]
 
     drained = len(pipeline.vhost.take("matches"))
     assert drained == 1000
@@ -700,12 +708,22 @@ def test_kubectl_get_and_describe_tell_the_story(pipeline: Pipeline, operator: K
     pipeline.wait_condition("matches", "Ready", "True")
     pipeline.vhost.publish("matches", "matches", [b"{}"] * 250)
     wait_for(lambda: pipeline.replicas("matches") == 3, "three workers")
-    wait_for(
-        lambda: pipeline.ingestion("matches")["status"]["backlog"]["ready"] == 250,
-        "the backlog in status",
-    )
-
-    header, row = pipeline.kubectl("get", "mi").splitlines()
+    with pipeline.vhost.channel() as channel:
+        # A consumer holding 50 messages unacknowledged: BACKLOG is all 250 not yet stored.
+        channel.basic_qos(prefetch_count=50)
+        channel.basic_consume("matches", lambda *_: None)
+        channel.connection.process_data_events(time_limit=1)
+        wait_for(
+            lambda: (
+                {
+                    key: pipeline.ingestion("matches")["status"]["backlog"].get(key)
+                    for key in ("total", "ready", "unacked")
+                }
+                == {"total": 250, "ready": 200, "unacked": 50}
+            ),
+            "the backlog in status",
+        )
+        header, row = pipeline.kubectl("get", "mi").splitlines()
     names = ["NAME", "READY", "BACKLOG", "DLQ", "WORKERS", "LAST SCRAPE", "AGE"]
     starts = [header.index(name) for name in names]
     assert starts == sorted(starts)
@@ -741,7 +759,8 @@ def test_kubectl_get_and_describe_tell_the_story(pipeline: Pipeline, operator: K
         assert " ".join(line.split()) in " ".join(described.split())
     events = described.split("Events:")[1]
     # A poll may catch the publisher half-way: up to 3 in one or two steps.
-    assert re.search(r"Scaled workers [0-2] → 3: backlog \d+", " ".join(events.split()))
+    scaled = r"Scaled workers [0-2] → 3: backlog \d+ \(ready \d+, unacked \d+\)"
+    assert re.search(scaled, " ".join(events.split()))
     assert "matchops-operator" in events
     assert "TopologyDeclared" in events
 

@@ -56,6 +56,7 @@ def test_measured_throughput_sizes_for_the_target_drain_time() -> None:
 def test_unacked_messages_count_as_backlog() -> None:
     decision = decide(observe(100, ready=0, unacked=1200), LIMITS, History(replicas=1))
     assert decision.replicas == 3  # ceil(1200 / 500), although nothing is ready
+    assert decision.reason.startswith("backlog 1200 (ready 0, unacked 1200), ")
 
 
 def test_arrival_rate_needs_capacity_even_with_an_empty_queue() -> None:

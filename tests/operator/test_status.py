@@ -28,7 +28,13 @@ def test_timestamps_round_trip() -> None:
 
 def test_backlog_block_keeps_observed_at_while_figures_stand_still() -> None:
     first = backlog_status(Observation(at=T0, ready=5, consumers=1), 2, None)
-    assert first == {"ready": 5, "consumers": 1, "deadLettered": 2, "observedAt": rfc3339(T0)}
+    assert first == {
+        "total": 5,
+        "ready": 5,
+        "consumers": 1,
+        "deadLettered": 2,
+        "observedAt": rfc3339(T0),
+    }
     same = backlog_status(Observation(at=T0 + 60, ready=5, consumers=1), 2, first)
     assert same == first
     moved = backlog_status(Observation(at=T0 + 70, ready=4, consumers=1), 2, first)
@@ -40,6 +46,7 @@ def test_backlog_block_carries_management_figures_rounded() -> None:
         at=T0, ready=10, consumers=2, unacked=400, publish_rate=12.345, ack_rate=460.04
     )
     block = backlog_status(observation, 0, None)
+    assert block["total"] == 410  # messages not yet stored: ready and unacked
     assert block["unacked"] == 400
     assert block["publishRate"] == 12.3
     assert block["ackRate"] == 460.0
