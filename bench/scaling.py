@@ -5,6 +5,8 @@ way of choosing the replica count:
 
 - matchops: the operator's policy (`matchops_operator.scaling.decide`), polled every 10 s,
   with the management API's figures (ready, unacked, publish and ack rates);
+- matchops, AMQP only: the same policy without the management API (no managementSecretRef),
+  seeing what KEDA sees: ready messages and consumers;
 - KEDA: the RabbitMQ scaler in queueLength mode (ready messages), polled every 30 s for 0 <-> 1,
   then the HPA's 15 s loop with replicas = ceil(ready / target), its 10 % tolerance, its default
   scale-up limit (double or +4 per loop), its 300 s scale-down window, and KEDA's 300 s
@@ -26,7 +28,7 @@ import argparse
 import math
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from matchops_operator.scaling import History, Limits, Observation, decide
 
@@ -134,7 +136,7 @@ class Pipeline:
 Policy = Callable[[Pipeline, int], None]
 
 
-def matchops_policy(model: Model, poll: int = 10) -> Policy:
+def matchops_policy(model: Model, management: bool = True, poll: int = 10) -> Policy:
     limits = Limits(
         min_replicas=0,
         max_replicas=model.max_replicas,
@@ -150,13 +152,15 @@ def matchops_policy(model: Model, poll: int = 10) -> Policy:
             return
         unacked = pipeline.unacked(now)
         observation = Observation(
-            at=float(now),
-            ready=pipeline.backlog - unacked,
-            consumers=pipeline.ready_pods(now),
-            unacked=unacked,
-            publish_rate=pipeline.rate(pipeline.published_window),
-            ack_rate=pipeline.rate(pipeline.acked_window),
+            at=float(now), ready=pipeline.backlog - unacked, consumers=pipeline.ready_pods(now)
         )
+        if management:
+            observation = replace(
+                observation,
+                unacked=unacked,
+                publish_rate=pipeline.rate(pipeline.published_window),
+                ack_rate=pipeline.rate(pipeline.acked_window),
+            )
         decision = decide(observation, limits, history)
         history = decision.history
         pipeline.scale(decision.replicas, now)
@@ -235,6 +239,9 @@ def replay(name: str, model: Model, policy: Policy) -> Result:
 
 def results(model: Model) -> Iterator[Result]:
     yield replay("matchops", model, matchops_policy(model))
+    yield replay(
+        "matchops, AMQP only (no management API)", model, matchops_policy(model, management=False)
+    )
     yield replay("KEDA queueLength", model, keda_policy(model))
     yield replay("fixed 2 replicas", model, fixed_policy(2))
 
@@ -252,15 +259,17 @@ def main() -> None:
         f"{model.trickle_hours[0]}:00-{model.trickle_hours[1]}:00); workers store "
         f"{model.per_replica:.0f}/s each, start in {model.startup}s, max {model.max_replicas}"
     )
+    found = list(results(model))
+    width = max(len(result.name) for result in found)
     header = (
-        f"{'policy':<18} {'p95 wait':>9} {'max wait':>9} {'replica-seconds':>16} "
+        f"{'policy':<{width}} {'p95 wait':>9} {'max wait':>9} {'replica-seconds':>16} "
         f"{'scale changes':>14} {'left':>5}"
     )
     print(header)
     print("-" * len(header))
-    for result in results(model):
+    for result in found:
         print(
-            f"{result.name:<18} {result.p95:>8}s {result.worst:>8}s "
+            f"{result.name:<{width}} {result.p95:>8}s {result.worst:>8}s "
             f"{result.replica_seconds:>16} {result.changes:>14} {result.left:>5}"
         )
 
