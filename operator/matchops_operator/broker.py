@@ -176,33 +176,8 @@ def _connection(
     where = f"RabbitMQ at {parameters.host}:{parameters.port} (vhost {parameters.virtual_host})"
     try:
         connection = pika.BlockingConnection(parameters)
-    except (
-        pika.exceptions.ProbableAuthenticationError,
-        pika.exceptions.AuthenticationError,
-    ) as exc:
-        raise stalled(
-            "BrokerAuthenticationFailed",
-            f"{where} refused the credentials in {access.source}: {_cause(exc)}",
-        ) from exc
-    except pika.exceptions.ProbableAccessDeniedError as exc:
-        raise stalled(
-            "BrokerAccessDenied",
-            f"{where} denied the user in {access.source} access to the vhost: {_cause(exc)}",
-        ) from exc
-    except pika.exceptions.ConnectionClosedByBroker as exc:
-        if exc.reply_code == _REFUSED:
-            raise stalled(
-                "BrokerAuthenticationFailed",
-                f"{where} refused the credentials in {access.source}: {exc.reply_text}",
-            ) from exc
-        if exc.reply_code == _NOT_ALLOWED:
-            raise stalled(
-                "BrokerAccessDenied",
-                f"{where} denied the user in {access.source} access: {exc.reply_text}",
-            ) from exc
-        raise retrying("BrokerUnreachable", f"{where} closed the connection: {exc}") from exc
     except pika.exceptions.AMQPError as exc:
-        raise retrying("BrokerUnreachable", f"cannot connect to {where}: {_cause(exc)}") from exc
+        raise _not_connected(exc, where, access.source) from exc
     try:
         yield connection
     except pika.exceptions.AMQPConnectionError as exc:
@@ -210,6 +185,33 @@ def _connection(
     finally:
         if connection.is_open:
             connection.close()
+
+
+def _not_connected(exc: pika.exceptions.AMQPError, where: str, source: str) -> Problem:
+    """Why a connection failed: credentials refused, no access to the vhost, or unreachable.
+
+    pika reports a refusal during the handshake as its own exception, or after it as the
+    broker closing the connection with a reply code; both come out the same.
+    """
+    closed = isinstance(exc, pika.exceptions.ConnectionClosedByBroker)
+    code = exc.reply_code if closed else None
+    cause = exc.reply_text if closed else _cause(exc)
+    authentication = (
+        pika.exceptions.ProbableAuthenticationError,
+        pika.exceptions.AuthenticationError,
+    )
+    if isinstance(exc, authentication) or code == _REFUSED:
+        return stalled(
+            "BrokerAuthenticationFailed", f"{where} refused the credentials in {source}: {cause}"
+        )
+    if isinstance(exc, pika.exceptions.ProbableAccessDeniedError) or code == _NOT_ALLOWED:
+        return stalled(
+            "BrokerAccessDenied",
+            f"{where} denied the user in {source} access to the vhost: {cause}",
+        )
+    if closed:
+        return retrying("BrokerUnreachable", f"{where} closed the connection: {exc}")
+    return retrying("BrokerUnreachable", f"cannot connect to {where}: {cause}")
 
 
 def _refused(

@@ -98,7 +98,7 @@ class Kube:
             return base64.b64decode(data[ref.key]).decode().strip()
         except (binascii.Error, UnicodeDecodeError) as exc:
             raise stalled(
-                "SecretKeyNotFound", f"{where} key {ref.key!r} does not hold text ({purpose})"
+                "SecretKeyNotFound", f"{ref.source(namespace)} does not hold text ({purpose})"
             ) from exc
 
     async def get(self, kind: type[Child], owner: Owner, name: str) -> Child | None:

@@ -419,13 +419,9 @@ async def _broker_access(kube: Kube, owner: Owner, spec: MatchIngestionSpec) -> 
         )
     return broker.BrokerAccess(
         amqp_url=url,
-        source=f"Secret {owner.namespace}/{ref.name} key {ref.key!r}",
+        source=ref.source(owner.namespace),
         management_url=management_url,
-        management_source=(
-            f"Secret {owner.namespace}/{management.name} key {management.key!r}"
-            if management
-            else None
-        ),
+        management_source=management.source(owner.namespace) if management else None,
     )
 
 

@@ -44,6 +44,10 @@ class SecretKeyRef(_Model):
     name: str = Field(min_length=1)
     key: str = Field(min_length=1)
 
+    def source(self, namespace: str) -> str:
+        """How messages name the key: Secret ingest/rabbitmq key 'url'."""
+        return f"Secret {namespace}/{self.name} key {self.key!r}"
+
 
 class ScraperSpec(_Model):
     """The producer, run as a CronJob."""
