@@ -2,8 +2,9 @@
 
 The kopf handlers call `Reconciler.reconcile` on every change and on every poll; both paths run
 the same code, one at a time per resource. Decisions are made by the pure modules (`spec`,
-`desired`, `scaling`, `conditions`, `status`); this module only sequences them with the two
-adapters (`kube`, `broker`) and keeps, per resource, what the last run learned.
+`desired`, `scaling`, `plans`, `retries`, `conditions`, `status`); this module only sequences
+them with the two adapters (`kube`, `broker`) and keeps, per resource, what the last run
+learned.
 """
 
 from __future__ import annotations
