@@ -111,6 +111,18 @@ def test_scores_without_status_mean_completed() -> None:
     assert report({**MATCH, "home_score": 0, "away_score": 0}).match_status == "completed"
 
 
+@pytest.mark.parametrize("name", ["match_status", "status"])
+def test_a_null_status_is_derived_from_the_scores(name: str) -> None:
+    assert report({**MATCH, name: None}).match_status == "scheduled"
+    scored = {**MATCH, name: None, "home_score": 2, "away_score": 1}
+    assert report(scored).match_status == "completed"
+
+
+def test_a_midnight_datetime_keeps_its_time_as_kickoff() -> None:
+    parsed = report({**MATCH, "match_date": "2025-10-04T00:00:00"})
+    assert (parsed.match_date, parsed.kickoff) == (date(2025, 10, 4), time(0, 0))
+
+
 def test_strings_are_trimmed() -> None:
     assert report({**MATCH, "home_team": "  Philadelphia Union "}).home_team == (
         "Philadelphia Union"

@@ -20,16 +20,19 @@ from typing import Annotated, Any, Final
 
 import orjson
 from pydantic import (
-    AfterValidator,
+    AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    GetPydanticSchema,
+    PlainValidator,
     StringConstraints,
     ValidationError,
     WithJsonSchema,
     model_validator,
 )
+from pydantic_core import core_schema
 
 SCHEMA_ID = "https://matchops.dev/schemas/match-message.schema.json"
 # The task names the legacy Celery producers send; their first positional argument is the match.
@@ -85,15 +88,10 @@ STATUS_RANK: Final = {
 }
 
 
-def _unstorable(value: str) -> str | None:
-    """Why PostgreSQL could not store a text: NUL characters, lone surrogates (JSON allows both)."""
-    if "\x00" in value:
-        return "must not contain NUL characters"
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        return "must be valid Unicode text (no lone surrogates)"
-    return None
+# PostgreSQL cannot store a NUL character in text (JSON allows it); pydantic's core checks this
+# pattern on every text field, and refuses lone surrogates itself.
+_NO_NUL: Final = "^[^\\x00]*$"
+_NUL_ERROR: Final = "must not contain NUL characters"
 
 
 def _external_id(value: object) -> object:
@@ -103,19 +101,36 @@ def _external_id(value: object) -> object:
     return value
 
 
+def _match_date(value: object) -> date:
+    """YYYY-MM-DD as a date; a full ISO datetime as such, split into date and kickoff later."""
+    if not isinstance(value, str):
+        raise ValueError("match_date must be a string: YYYY-MM-DD or an ISO datetime")
+    text = value.strip()
+    if _DATE.fullmatch(text):
+        return date.fromisoformat(text)
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ValueError(f"match_date {value!r} is neither YYYY-MM-DD nor an ISO datetime") from exc
+
+
 Name = Annotated[
     str,
-    StringConstraints(strict=True, strip_whitespace=True, min_length=1, max_length=MAX_NAME_LENGTH),
+    StringConstraints(
+        strict=True,
+        strip_whitespace=True,
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        pattern=_NO_NUL,
+    ),
 ]
 Text = Annotated[
     str,
-    StringConstraints(strict=True, strip_whitespace=True, max_length=MAX_TEXT_LENGTH),
+    StringConstraints(
+        strict=True, strip_whitespace=True, max_length=MAX_TEXT_LENGTH, pattern=_NO_NUL
+    ),
 ]
-ExternalId = Annotated[
-    str,
-    BeforeValidator(_external_id),
-    StringConstraints(strict=True, strip_whitespace=True, min_length=1, max_length=MAX_NAME_LENGTH),
-]
+ExternalId = Annotated[str, BeforeValidator(_external_id), Name]
 Score = Annotated[int, Field(strict=True, ge=0, le=MAX_SCORE)]
 
 
@@ -125,23 +140,37 @@ def name_key(name: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+def _aliases_of(name: str) -> list[str]:
+    return [alias for alias, canonical in ALIASES.items() if canonical == name]
+
+
+def _named(name: str) -> AliasChoices:
+    """The field's validation names: the contract's, then the scraper's newer one."""
+    return AliasChoices(name, *_aliases_of(name))
 
 
 class MatchReport(BaseModel):
-    """One report of one match, validated and normalised (the contract's names)."""
+    """One report of one match, validated and normalised (the contract's names).
+
+    Validation runs in pydantic's core for all but the checks across fields, which one
+    Python validator makes after it: a worker validates every message it receives.
+    """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     home_team: Name
     away_team: Name
+    # A full datetime validates as such (datetime is a date) and is split into date and kickoff.
     match_date: Annotated[
         date,
+        PlainValidator(_match_date),
         WithJsonSchema(
             {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}.*)?$"}
         ),
-    ] = Field(description="YYYY-MM-DD; a full ISO datetime is accepted, its time is the kickoff")
+    ] = Field(
+        validation_alias=_named("match_date"),
+        description="YYYY-MM-DD; a full ISO datetime is accepted, its time is the kickoff",
+    )
     season: Name
     age_group: Name
     match_type: Name
@@ -159,18 +188,25 @@ class MatchReport(BaseModel):
                 ]
             }
         ),
-    ] = Field(default=None, description="the source's id of the match; the match's identity")
-    home_score: Score | None = None
-    away_score: Score | None = None
+    ] = Field(
+        default=None,
+        validation_alias=_named("external_match_id"),
+        description="the source's id of the match; the match's identity",
+    )
+    home_score: Score | None = Field(default=None, validation_alias=_named("home_score"))
+    away_score: Score | None = Field(default=None, validation_alias=_named("away_score"))
+    # Absent or null until the validator below derives it from the scores.
     match_status: Annotated[
         MatchStatus,
+        GetPydanticSchema(lambda source, handler: core_schema.nullable_schema(handler(source))),
         WithJsonSchema({"enum": [*(status.value for status in MatchStatus), None]}),
     ] = Field(
-        default=MatchStatus.SCHEDULED,
+        default=None,  # type: ignore[assignment]
+        validation_alias=_named("match_status"),
         description="when absent: completed if both scores are given, else scheduled",
     )
     kickoff: time | None = Field(default=None, description="kickoff time, HH:MM[:SS]")
-    reported_at: Annotated[datetime, AfterValidator(_aware)] | None = Field(
+    reported_at: datetime | None = Field(
         default=None,
         description=(
             "when the producer observed this state (ISO datetime, UTC when it has no offset); "
@@ -180,39 +216,33 @@ class MatchReport(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _canonical(cls, data: Any) -> Any:
-        if not isinstance(data, Mapping):
-            return data
-        if (
-            _ALIAS_NAMES.isdisjoint(data)
-            and data.get("match_status") is not None
-            and _is_plain_date(data.get("match_date"))
-        ):
-            return data  # already in the contract's names and forms: the common case
-        fields = dict(data)
-        for alias, name in ALIASES.items():
-            if alias in fields:
-                value = fields.pop(alias)
-                if fields.get(name, value) != value:
+    def _one_value_per_field(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and not _ALIAS_NAMES.isdisjoint(data):
+            for alias, name in ALIASES.items():
+                if alias in data and name in data and data[alias] != data[name]:
                     raise ValueError(
                         f"both {name!r} and {alias!r} are given, with different values"
                     )
-                fields[name] = value
-        if "match_date" in fields:
-            fields.update(_split_match_date(fields["match_date"], fields.get("kickoff")))
-        if fields.get("match_status") is None:
-            scored = fields.get("home_score") is not None and fields.get("away_score") is not None
-            fields["match_status"] = MatchStatus.COMPLETED if scored else MatchStatus.SCHEDULED
-        return fields
+        return data
 
     @model_validator(mode="after")
-    def _consistent(self) -> MatchReport:
-        texts = [getattr(self, field) for field in _TEXT_FIELDS]
-        # One check of all texts together; only when it fails, find the field to name.
-        if _unstorable("".join(text for text in texts if text is not None)):
-            for field, text in zip(_TEXT_FIELDS, texts, strict=True):
-                if text is not None and (problem := _unstorable(text)):
-                    raise ValueError(f"{field} {problem}")
+    def _complete(self) -> MatchReport:
+        # The model is frozen for its users; completing it belongs to its validation.
+        if isinstance(self.match_date, datetime):
+            start = self.match_date.time()
+            if self.kickoff is not None and self.kickoff != start:
+                raise ValueError(
+                    f"kickoff {self.kickoff.isoformat()!r} differs from the time in match_date "
+                    f"{self.match_date.isoformat()!r}"
+                )
+            object.__setattr__(self, "match_date", self.match_date.date())
+            object.__setattr__(self, "kickoff", start)
+        if self.match_status is None:
+            scored = self.home_score is not None and self.away_score is not None
+            status = MatchStatus.COMPLETED if scored else MatchStatus.SCHEDULED
+            object.__setattr__(self, "match_status", status)
+        if self.reported_at is not None and self.reported_at.tzinfo is None:
+            object.__setattr__(self, "reported_at", self.reported_at.replace(tzinfo=UTC))
         if name_key(self.home_team) == name_key(self.away_team):
             raise ValueError(f"home team and away team are the same team ({self.home_team!r})")
         if (self.home_score is None) != (self.away_score is None):
@@ -220,40 +250,6 @@ class MatchReport(BaseModel):
         if self.match_status == MatchStatus.COMPLETED and self.home_score is None:
             raise ValueError("a completed match needs both scores")
         return self
-
-
-_TEXT_FIELDS: Final = (
-    "home_team",
-    "away_team",
-    "season",
-    "age_group",
-    "match_type",
-    "division",
-    "location",
-    "notes",
-    "external_match_id",
-)
-
-
-def _is_plain_date(value: object) -> bool:
-    return isinstance(value, str) and _DATE.fullmatch(value) is not None
-
-
-def _split_match_date(value: object, kickoff: object) -> dict[str, object]:
-    """`match_date` as a date, and the time of a full datetime as kickoff."""
-    if not isinstance(value, str):
-        raise ValueError("match_date must be a string: YYYY-MM-DD or an ISO datetime")
-    text = value.strip()
-    if _DATE.fullmatch(text):
-        return {"match_date": text}
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise ValueError(f"match_date {value!r} is neither YYYY-MM-DD nor an ISO datetime") from exc
-    start = moment.time().replace(tzinfo=None)
-    if kickoff is not None and str(kickoff) != start.isoformat():
-        raise ValueError(f"kickoff {kickoff!r} differs from the time in match_date {value!r}")
-    return {"match_date": moment.date().isoformat(), "kickoff": start.isoformat()}
 
 
 @dataclass(frozen=True)
@@ -371,7 +367,9 @@ def describe(error: ValidationError) -> str:
     problems = []
     for item in error.errors(include_url=False, include_input=False):
         where = ".".join(str(part) for part in item["loc"]) or "message"
-        problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
+        nul = item.get("ctx", {}).get("pattern") == _NO_NUL
+        problem = _NUL_ERROR if nul else item["msg"].removeprefix("Value error, ")
+        problems.append(f"{where}: {problem}")
     return "; ".join(problems)
 
 
@@ -440,7 +438,3 @@ def message_json_schema() -> dict[str, Any]:
         ),
         **{key: value for key, value in schema.items() if key not in ("title", "description")},
     }
-
-
-def _aliases_of(name: str) -> list[str]:
-    return [alias for alias, canonical in ALIASES.items() if canonical == name]
