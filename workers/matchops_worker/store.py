@@ -10,7 +10,7 @@ nothing), so it stays right when several workers write the same match at once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final, Literal
@@ -351,24 +351,21 @@ _ENTITY_SQL: Final[dict[EntityTable, bytes]] = {
 
 def _entities(winners: Sequence[Collapsed]) -> Iterator[tuple[EntityTable, dict[str, str]]]:
     """Per reference table, the names a batch uses: key -> spelling first seen."""
-    tables: dict[EntityTable, dict[str, str]] = {
-        "seasons": {},
-        "age_groups": {},
-        "divisions": {},
-        "teams": {},
+    reports = [winner.report for winner in winners]
+    spellings: dict[EntityTable, Iterable[str | None]] = {
+        "seasons": (r.season for r in reports),
+        "age_groups": (r.age_group for r in reports),
+        "divisions": (r.division for r in reports),
+        "teams": (name for r in reports for name in (r.home_team, r.away_team)),
     }
-    for winner in winners:
-        report = winner.report
-        for table, name in (
-            ("seasons", report.season),
-            ("age_groups", report.age_group),
-            ("divisions", report.division),
-            ("teams", report.home_team),
-            ("teams", report.away_team),
-        ):
+    for table, names in spellings.items():
+        keys: dict[str, str] = {}
+        # A batch names few distinct entities: normalise each spelling once.
+        for name in dict.fromkeys(names):
             if name:
-                tables[table].setdefault(name_key(name), name)  # type: ignore[index]
-    yield from ((table, names) for table, names in tables.items() if names)
+                keys.setdefault(name_key(name), name)
+        if keys:
+            yield table, keys
 
 
 # Incoming columns of the batch's JSON parameter (one object per row) and their SQL types.
@@ -409,7 +406,7 @@ def _row(position: int, r: MatchReport) -> dict[str, object]:
         "notes": r.notes,
         "home_score": r.home_score,
         "away_score": r.away_score,
-        "status": r.match_status.value,
+        "status": r.match_status,
         "reported_at": r.reported_at,
     }
 
