@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -184,10 +183,9 @@ def test_worker_serves_health_and_stops_on_sigterm(
 
         wait_for(lambda: http_status(f"{base}/readyz") == 200, "/readyz", 60, diagnose=logs)
         assert http_status(f"{base}/healthz") == 200, logs()
-        started = time.monotonic()
-        # PID 1 of the container: only a handled SIGTERM stops it before the grace period.
-        subprocess.run(["podman", "stop", "-t", "30", name], capture_output=True, check=True)
-        assert time.monotonic() - started < 15
+        # PID 1 of the container: a SIGTERM it did not handle would end in SIGKILL at the end
+        # of the grace period (exit code 137).
+        subprocess.run(["podman", "stop", "-t", "60", name], capture_output=True, check=True)
         code = subprocess.run(
             ["podman", "inspect", "--format", "{{.State.ExitCode}}", name],
             capture_output=True,
@@ -228,10 +226,9 @@ def test_pause_image_stops_at_once_on_sigterm(pause_image: LocalImage) -> None:
         check=True,
     )
     try:
-        started = time.monotonic()
-        # With a 10 s grace period, only a program that handles SIGTERM stops well before it.
-        subprocess.run(["podman", "stop", "-t", "10", name], capture_output=True, check=True)
-        assert time.monotonic() - started < 5
+        # A program that ignored SIGTERM would be killed at the end of the grace period, with
+        # exit code 137; the pause program exits 0 on SIGTERM itself.
+        subprocess.run(["podman", "stop", "-t", "60", name], capture_output=True, check=True)
         code = subprocess.run(
             ["podman", "inspect", "--format", "{{.State.ExitCode}}", name],
             capture_output=True,

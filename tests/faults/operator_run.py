@@ -48,7 +48,8 @@ class OperatorProcess:
             "--worker-image",
             WORKER_IMAGE,
             "--image-pull-policy",
-            "IfNotPresent",
+            # The worker image is not on the node when one runs: its pods never start.
+            "Never",
             "--liveness-port",
             "0",
             "--retry-max-delay",

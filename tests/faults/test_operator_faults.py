@@ -1,8 +1,9 @@
 """The operator SIGKILLed mid-reconcile, and two operator replicas side by side.
 
-The operator runs as a real process against the test control plane and a real RabbitMQ. The
-cluster has no node here: worker pods stay Pending, so the scaled Deployment and the status
-the operator keeps about it stay put while the operator is killed and restarted.
+The operator runs as a real process against the test control plane and a real RabbitMQ. Its
+worker image is on no node (pull policy Never): worker pods never run, so the scaled
+Deployment and the status the operator keeps about it stay put while the operator is killed
+and restarted.
 """
 
 from __future__ import annotations
