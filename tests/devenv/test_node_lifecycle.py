@@ -151,6 +151,20 @@ def traces(node_id: str, state_dir: Path, pids: set[int], sockets: set[Path]) ->
     }
 
 
+def start_owner(script: str, *args: str) -> tuple[subprocess.Popen[str], str]:
+    """Run `script` in a Python process of its own; return it and the first line it prints."""
+    owner = subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert owner.stdout is not None
+    line = owner.stdout.readline()
+    assert line, owner.communicate(timeout=60)[1]
+    return owner, line
+
+
 def run_pod(access: ClusterAccess) -> None:
     access.kubectl("apply", "-f", "-", input=yaml.safe_dump(POD))
     access.kubectl("wait", "--for=condition=Ready", "pod/holder", "--timeout=120s", timeout=150)
@@ -218,16 +232,8 @@ time.sleep(600)
 
 def test_cluster_down_removes_the_node_of_a_killed_owner(short_dir: Path) -> None:
     state = short_dir / "cluster"
-    owner = subprocess.Popen(
-        [sys.executable, "-c", CRASHING_OWNER, str(state)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    owner, line = start_owner(CRASHING_OWNER, str(state))
     try:
-        assert owner.stdout is not None
-        line = owner.stdout.readline()
-        assert line, owner.communicate(timeout=60)[1]
         node_id, state_dir_text = line.split()
         state_dir = Path(state_dir_text)
         access = ClusterAccess(state / "kubeconfig", "", toolchain.program("kubectl"))
@@ -319,16 +325,8 @@ def test_an_image_import_killed_half_way_is_cleaned_up_by_the_next(
     monkeypatch.setenv("MATCHOPS_CACHE", str(short_dir / "cache"))
     monkeypatch.setenv("MATCHOPS_STATE_DIR", str(short_dir / "state"))
     state_root = statedir.state_root()
-    owner = subprocess.Popen(
-        [sys.executable, "-c", KILLED_IMPORT, str(archive)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    owner, line = start_owner(KILLED_IMPORT, str(archive))
     try:
-        assert owner.stdout is not None
-        line = owner.stdout.readline()
-        assert line, owner.communicate(timeout=60)[1]
         partial = Path(line.strip())
         (pid_file,) = state_root.glob("seed-*/containerd.pid")
         importer = int(pid_file.read_text())
