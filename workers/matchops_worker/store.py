@@ -2,7 +2,8 @@
 
 One batch is one transaction: the teams, seasons, age groups and divisions it names are
 created when missing (`ON CONFLICT DO NOTHING`, keys sorted), then its matches are upserted
-in identity order, all in one pipelined round trip. The upsert itself enforces the ordering
+in identity order, all in one pipelined round trip; a batch whose names are all known is a
+single statement, a transaction of its own. The upsert itself enforces the ordering
 rules in SQL (an older report never overwrites a newer one; an identical report writes
 nothing), so it stays right when several workers write the same match at once.
 """
@@ -252,15 +253,21 @@ class Store:
         outcomes: list[Outcome] = [Outcome.SUPERSEDED] * len(prepared.reports)
         if not prepared.upserts:
             return outcomes
+        statements = [
+            *((_ENTITY_SQL[entity.table], entity.rows) for entity in prepared.entities),
+            *((upsert.sql, upsert.rows) for upsert in prepared.upserts),
+        ]
         with self._session() as conn:
             try:
-                with conn.pipeline(), conn.transaction():
-                    for entity in prepared.entities:
-                        conn.execute(_ENTITY_SQL[entity.table], [entity.rows])
-                    cursors = [
-                        (upsert.group, conn.execute(upsert.sql, [upsert.rows]))
-                        for upsert in prepared.upserts
-                    ]
+                if len(statements) == 1:
+                    # One statement is a transaction of its own: no BEGIN and COMMIT to send
+                    # and wait for. Most batches are one upsert once the names are known.
+                    ((sql, rows),) = statements
+                    results = [conn.execute(sql, [rows]).fetchall()]
+                else:
+                    with conn.pipeline(), conn.transaction():
+                        cursors = [conn.execute(sql, [rows]) for sql, rows in statements]
+                    results = [cursor.fetchall() for cursor in cursors[len(prepared.entities) :]]
             except psycopg.Error:
                 # A reference row may have been deleted behind the cache's back: forget it all.
                 self._known.clear()
@@ -268,9 +275,9 @@ class Store:
                     self.close()
                 raise
             self._known.update((e.table, key) for e in prepared.entities for key in e.keys)
-            for group, cursor in cursors:
-                for position, created, changed, same in cursor.fetchall():
-                    outcomes[group[position - 1].position] = _outcome(created, changed, same)
+            for upsert, found in zip(prepared.upserts, results, strict=True):
+                for position, created, changed, same in found:
+                    outcomes[upsert.group[position - 1].position] = _outcome(created, changed, same)
         return outcomes
 
     def _session(self) -> _Session:
@@ -282,7 +289,8 @@ class Store:
             self.close()
             self._conn = psycopg.connect(
                 self.dsn,
-                autocommit=False,
+                # Each batch is one transaction: a single statement, or a transaction block.
+                autocommit=True,
                 connect_timeout=self.connect_timeout,
                 application_name="matchops-worker",
                 options=f"-c statement_timeout={int(self.statement_timeout * 1000)}",
