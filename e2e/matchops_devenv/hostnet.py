@@ -1,12 +1,18 @@
 """The node's network on the host: namespace, veth link, bridge, and forwards to host services.
 
-The only rules this adds to the host's own iptables are in one nat chain per node,
-`MATCHOPS-<id>`, jumped to from PREROUTING for packets arriving on the node's link and from
-OUTPUT for this machine's own connections to the link address (both jumps are commented with
-the node's id). They forward connections to a port of the host to the same port on loopback,
-so pods reach loopback-only services (the API server, the test RabbitMQ and PostgreSQL)
-through the host's link address, and so do programs on this machine. The link allows that
-with `route_localnet`, set on the link alone.
+The rules this adds to the host's own iptables are one nat chain per node, `MATCHOPS-<id>`,
+jumped to from PREROUTING for packets arriving on the node's link and from OUTPUT for this
+machine's own connections to the link address, and one filter rule in INPUT for that link (all
+commented with the node's id). The chain forwards connections to a port of the host to the
+same port on loopback, so pods reach loopback-only services (the API server, the test RabbitMQ
+and PostgreSQL) through the host's link address, and so do programs on this machine. The link
+allows that with `route_localnet`, set on the link alone.
+
+The filter rule drops packets from the link that connection tracking finds invalid (out of
+the TCP window it tracks, say, under load). Such a packet is not translated back to loopback:
+it would reach the link address itself, where nothing listens, and the host would answer with
+a reset that kills the pod's connection. Dropped, it is sent again like any lost packet (the
+rule kube-proxy keeps for Services, for the same reason).
 """
 
 from __future__ import annotations
@@ -87,6 +93,25 @@ def create(network: NodeNetwork) -> None:
     nat = ["iptables", "-w", "-t", "nat", "-I"]
     _run([*nat, "PREROUTING", "-i", host_link, *comment])
     _run([*nat, "OUTPUT", "-d", f"{network.host_address}/32", *comment])
+    _run(["iptables", "-w", "-I", "INPUT", *_drop_invalid(network.node_id, host_link)])
+
+
+def _drop_invalid(node_id: str, host_link: str) -> list[str]:
+    """The INPUT rule that drops invalid packets arriving on the node's link."""
+    return [
+        "-i",
+        host_link,
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "INVALID",
+        "-m",
+        "comment",
+        "--comment",
+        f"matchops node {node_id}",
+        "-j",
+        "DROP",
+    ]
 
 
 def forward_to_loopback(network: NodeNetwork, port: int) -> None:
@@ -111,12 +136,16 @@ def forward_to_loopback(network: NodeNetwork, port: int) -> None:
 
 
 def delete(node_id: str) -> None:
-    """Remove the node's namespace (its link, bridge and rules go with it) and its nat chain.
+    """Remove the node's namespace (its link, bridge and rules go with it), its nat chain and
+    its filter rule.
 
     Safe to call for parts that were never created or are already gone.
     """
     name = name_of(node_id)
     chain = chain_of(node_id)
+    drop = _drop_invalid(node_id, name)
+    while _run(["iptables", "-w", "-C", "INPUT", *drop], check=False).returncode == 0:
+        _run(["iptables", "-w", "-D", "INPUT", *drop])
     for hook in ("PREROUTING", "OUTPUT"):
         rules = _run(["iptables", "-w", "-t", "nat", "-S", hook]).stdout.splitlines()
         for rule in rules:
@@ -154,6 +183,13 @@ def node_ids_on_host() -> set[str]:
         if len(parts) == 2 and parts[0] == "-N" and parts[1].startswith("MATCHOPS-"):
             candidate = parts[1].removeprefix("MATCHOPS-")
             if (i := id_in(name_of(candidate))) is not None:
+                found.add(i)
+    for rule in _run(["iptables", "-w", "-S", "INPUT"]).stdout.splitlines():
+        words = shlex.split(rule)
+        if "--comment" in words and "-i" in words:
+            comment = words[words.index("--comment") + 1]
+            link = words[words.index("-i") + 1]
+            if (i := id_in(link)) is not None and comment == f"matchops node {i}":
                 found.add(i)
     return found
 

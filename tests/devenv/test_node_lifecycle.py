@@ -120,9 +120,7 @@ def traces(node_id: str, state_dir: Path, pids: set[int], sockets: set[Path]) ->
     """What of node `node_id` exists on the host, by kind."""
     name = f"matchops-{node_id}"
     marker = str(state_dir)
-    nat = subprocess.run(
-        ["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True
-    ).stdout
+    rules = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
     log_links = Path("/var/log/containers")
     cni_results = Path("/var/lib/cni/results")
     return {
@@ -138,7 +136,12 @@ def traces(node_id: str, state_dir: Path, pids: set[int], sockets: set[Path]) ->
         "node netns": [p for p in [Path("/run/netns") / name] if p.exists()],
         "link": [p for p in [Path("/sys/class/net") / name] if p.exists()],
         "bridge": bridges(name),
-        "iptables": [line for line in nat.splitlines() if node_id in line],
+        "nat chain": [line for line in rules.splitlines() if f"MATCHOPS-{node_id}" in line],
+        "filter rule": [
+            line
+            for line in rules.splitlines()
+            if f"-A INPUT -i {name}" in line and "--ctstate INVALID" in line
+        ],
         "state dir": [state_dir] if state_dir.exists() else [],
         "registry": [p for p in [REGISTRY / "nodes" / f"{node_id}.json"] if p.exists()],
         "log links": [

@@ -32,11 +32,12 @@ from matchops_devenv.season import Season, expected_reason
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.node, pytest.mark.e2e]
 
-# Six divisions of 20 teams: 2,280 fixtures, 1,140 results, 7 invalid messages. Workers take
-# one message at a time (prefetch and batch 1), so the season keeps several of them busy: the
-# operator sizes them 100 messages a replica until it has measured their pace.
+# Six divisions of 30 teams: 5,220 fixtures, 2,610 results, 7 invalid messages. Workers take
+# one message at a time (prefetch and batch 1), so the season keeps several of them busy for
+# longer than pods take to start and pass their probes: the operator sizes them 100 messages a
+# replica until it has measured their pace.
 SEASON = Season(
-    divisions=("Northeast", "Mid-Atlantic", "Southeast", "Florida", "Central", "Texas"), teams=20
+    divisions=("Northeast", "Mid-Atlantic", "Southeast", "Florida", "Central", "Texas"), teams=30
 )
 ONE_AT_A_TIME = {"prefetch": 1, "batchSize": 1}
 LEGACY_TASK = "celery_tasks.match_tasks.process_match_data"
