@@ -15,6 +15,7 @@ from matchops_devenv.access import ClusterAccess, KubectlError
 from matchops_devenv.broker_tools import Vhost
 from matchops_devenv.namespace import CRD, Namespace, install_crd, sample
 from matchops_devenv.rabbitmq import RabbitMQ
+from matchops_devenv.waiting import wait_for
 
 from .operator_run import OperatorProcess
 
@@ -372,6 +373,10 @@ def manifest_for(case: Detected, working: dict[str, str]) -> dict[str, Any]:
     return manifest
 
 
+def warning_reasons(space: Namespace, name: str) -> set[str]:
+    return {e["reason"] for e in space.events(name) if e["type"] == "Warning"}
+
+
 def test_what_only_the_operator_can_tell_is_a_condition_not_a_crash(
     cluster: ClusterAccess,
     crd: None,
@@ -398,8 +403,12 @@ def test_what_only_the_operator_can_tell_is_a_condition_not_a_crash(
             resource = space.get("matchingestion", case.name)
             assert resource["status"]["observedGeneration"] == resource["metadata"]["generation"]
             assert rabbitmq.password not in json.dumps(resource)
-            warnings = [e for e in space.events(case.name) if e["type"] == "Warning"]
-            assert case.reason in {e["reason"] for e in warnings}, case.name
+            # kopf posts Events from a queue of its own: the Event may follow the status.
+            wait_for(
+                lambda case=case: case.reason in warning_reasons(space, case.name),
+                f"a Warning Event {case.reason} about {case.name}",
+                30,
+            )
         time.sleep(3)  # retries and polls go on
         assert operator.running(), operator.log[-3000:]
     finally:
