@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from concurrent.futures import wait
 
@@ -51,6 +52,17 @@ def test_copies_on_their_way_together_are_each_confirmed_and_stored_in_order(
     stored = vhost.take(dead_letter_queue)
     assert [message.body for message in stored] == [f"bad {n}".encode() for n in range(500)]
     assert all(message.properties.delivery_mode == 2 for message in stored)
+
+
+def test_closing_after_confirmed_copies_reports_no_failure(
+    vhost: Vhost, dead_letter_queue: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    sender = DeadLetterSender(vhost.url)
+    sender.submit(dead_letter_queue, b"bad", PERSISTENT).result(timeout=30)
+    with caplog.at_level(logging.WARNING, logger="matchops_worker.deadletter"):
+        sender.close()
+    assert caplog.records == []
+    assert [message.body for message in vhost.take(dead_letter_queue)] == [b"bad"]
 
 
 def test_a_copy_keeps_the_original_properties_with_the_workers_headers(

@@ -203,6 +203,8 @@ class _Link:
 
     def _on_channel_closed(self, _channel: Channel, reason: BaseException) -> None:
         self._channel = None
+        if self._closing and isinstance(reason, pika.exceptions.ChannelClosedByClient):
+            return  # closed by `close`: every copy was confirmed first
         self._fail(reason, f"dead-letter channel closed: {reason}")
 
     def _on_connection_error(self, _connection: SelectConnection, error: BaseException) -> None:
