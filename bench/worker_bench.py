@@ -58,10 +58,27 @@ class Figure:
     messages: int
     seconds: float
     prefetch: int
+    # CPU time per message (µs) of the worker, the broker and the database, over the drain.
+    cpu: tuple[float, float, float] | None = None
 
     @property
     def rate(self) -> float:
         return self.messages / self.seconds
+
+
+@dataclass(frozen=True)
+class Servers:
+    """The processes whose CPU time a drain is charged: broker and database."""
+
+    broker: RabbitMQ
+    database: PostgreSQL
+
+    def cpu_seconds(self, worker: WorkerProcess) -> tuple[float, float, float]:
+        return (
+            worker.service.cpu_seconds(),
+            self.broker.cpu_seconds(),
+            self.database.cpu_seconds(),
+        )
 
 
 def season_stream(seasons: int, divisions: int, teams: int) -> list[bytes]:
@@ -113,11 +130,12 @@ def with_invalid(name: str, run: Run, share: float, seed: int = 11) -> Run:
     return Run(name, run.settings, scatter(run.messages, bad, seed), len(bad))
 
 
-def drain_with_worker(run: Run, state: Path, vhost: Vhost, dsn: str) -> Figure:
+def drain_with_worker(run: Run, state: Path, vhost: Vhost, dsn: str, servers: Servers) -> Figure:
     """Start `matchops-worker` on the filled queue; time from consuming to the last commit.
 
     The end is the worker's own last-commit time, so the benchmark reads its metrics only a
-    few times a second and does not slow it down by asking.
+    few times a second and does not slow it down by asking. CPU time is read when the worker
+    is ready and once every message is handled (so it includes up to one idle poll).
     """
     name, total, invalid = run.name, len(run.messages), run.invalid
     prefetch = int(run.settings.get("MATCHOPS_PREFETCH", "200"))
@@ -126,7 +144,9 @@ def drain_with_worker(run: Run, state: Path, vhost: Vhost, dsn: str) -> Figure:
     try:
         _wait(worker.ready, timeout=60, interval=0.002)
         started = time.time()
+        cpu_before = servers.cpu_seconds(worker)
         _wait(lambda: _handled(worker) >= total, timeout=3600, interval=0.2)
+        cpu_after = servers.cpu_seconds(worker)
         elapsed = worker.counter("matchops_worker_last_commit_timestamp_seconds") - started
         dead = worker.counter("matchops_worker_messages_total", outcome="dead_lettered")
         if dead != invalid:
@@ -135,7 +155,10 @@ def drain_with_worker(run: Run, state: Path, vhost: Vhost, dsn: str) -> Figure:
             )
     finally:
         worker.stop()
-    return Figure(name, total, elapsed, prefetch)
+    cpu = tuple(
+        (after - before) / total * 1e6 for before, after in zip(cpu_before, cpu_after, strict=True)
+    )
+    return Figure(name, total, elapsed, prefetch, (cpu[0], cpu[1], cpu[2]))
 
 
 def _handled(worker: WorkerProcess) -> float:
@@ -239,11 +262,12 @@ def main() -> int:
         state = statedir.claim("bench")
         try:
             vhost = Vhost("/", broker.url())
+            servers = Servers(broker, postgres)
             for number, run in enumerate(runs):
                 fill(vhost, topology, run.messages)
                 dsn = postgres.create_database(f"bench_{number}")
                 migrate(dsn)
-                figures.append(drain_with_worker(run, state, vhost, dsn))
+                figures.append(drain_with_worker(run, state, vhost, dsn, servers))
                 print(f"  {run.name}: {figures[-1].rate:.0f} msg/s", flush=True)
             for prefetch in (200, 1000):
                 fill(vhost, topology, stream)
@@ -253,12 +277,16 @@ def main() -> int:
             statedir.release(state)
     raw = {f.prefetch: f.rate for f in figures if f.name.startswith("raw")}
     print()
-    print(f"{'run':<42} {'messages':>9} {'seconds':>8} {'msg/s':>8} {'of raw':>7}")
+    print(
+        f"{'run':<42} {'messages':>9} {'seconds':>8} {'msg/s':>8} {'of raw':>7}"
+        f" {'CPU µs/msg: worker':>19} {'broker':>7} {'database':>9}"
+    )
     for figure in figures:
         share = figure.rate / raw[figure.prefetch]
+        cpu = "" if figure.cpu is None else " {:>19.0f} {:>7.0f} {:>9.0f}".format(*figure.cpu)
         print(
             f"{figure.name:<42} {figure.messages:>9} {figure.seconds:>8.2f} "
-            f"{figure.rate:>8.0f} {share:>7.0%}"
+            f"{figure.rate:>8.0f} {share:>7.0%}{cpu}"
         )
     print("('of raw': share of the raw consume rate with the same prefetch)")
     ratios = [

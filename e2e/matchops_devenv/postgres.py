@@ -93,6 +93,10 @@ class PostgreSQL(LocalServer):
         self._server.start()
         self._server.wait_ready(self._accepts_clients, timeout=self.start_timeout)
 
+    def cpu_seconds(self) -> float:
+        """CPU time the server has used so far (every process of it)."""
+        return self._server.cpu_seconds()
+
     def stop(self) -> None:
         """Fast shutdown (SIGINT: roll back open transactions, disconnect clients); data is kept."""
         self._server.stop(timeout=30, sig=signal.SIGINT)

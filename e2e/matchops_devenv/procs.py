@@ -95,6 +95,12 @@ class Service:
             f"{tail(self.log_path)}"
         )
 
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the program and every process it started."""
+        if self.process is None:
+            return 0.0
+        return tree_cpu_seconds(self.process.pid)
+
     def stop(self, timeout: float = 15.0, sig: int = signal.SIGTERM) -> None:
         """Signal the process group, wait, then kill what is left."""
         if self.process is None:
@@ -118,6 +124,36 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User and system CPU time of `root` and its descendants, their reaped children's too.
+
+    By parentage, not by session: PostgreSQL's backends each start a session of their own.
+    """
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        # After the command: state, ppid, ..., utime, stime, cutime, cstime (fields 14-17).
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        ticks[pid] = sum(int(value) for value in fields[11:15])
+    total, tree = 0, {root}
+    for pid in sorted(parents):  # a parent's pid is not always lower: walk up from each
+        chain = [pid]
+        while chain[-1] not in tree and parents.get(chain[-1], 0) > 1:
+            chain.append(parents[chain[-1]])
+        if chain[-1] in tree:
+            tree.update(chain)
+    for pid in tree:
+        total += ticks.get(pid, 0)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def stop_group(pid: int, timeout: float = 15.0, sig: int = signal.SIGTERM) -> None:

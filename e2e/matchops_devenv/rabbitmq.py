@@ -97,6 +97,10 @@ class RabbitMQ(LocalServer):
         self._server.start()
         self._server.wait_ready(self._accepts_clients, timeout=self.start_timeout, interval=0.5)
 
+    def cpu_seconds(self) -> float:
+        """CPU time the server has used so far (every process of it)."""
+        return self._server.cpu_seconds()
+
     def stop(self) -> None:
         """Stop the node (it shuts down cleanly on SIGTERM) and its epmd; data is kept."""
         self._server.stop(timeout=60, sig=signal.SIGTERM)
