@@ -93,11 +93,13 @@ def assert_recovered(recovered: float | None) -> None:
 
 def start_steadily(pool: WorkerPool, vhost: Vhost, total: int) -> float:
     """Start the workers; return once all of them have consumed together for a while (so that
-    the pace before a fault is their steady one), or half the backlog is gone (so that enough
-    is left to measure the pace after it). Returns how long they consumed together."""
+    the pace before a fault is their steady one), or a quarter of the backlog is gone. The
+    rest is left for after the fault: workers go on settling while a server stops, and what
+    they find afterwards must last long enough to show a steady pace (a second or more).
+    Returns how long they consumed together."""
     pool.start(WORKERS)
     started = time.monotonic()
-    while time.monotonic() - started < STEADY and vhost.depth(QUEUE) > total // 2:
+    while time.monotonic() - started < STEADY and vhost.depth(QUEUE) > total * 3 // 4:
         time.sleep(0.05)
     return time.monotonic() - started
 
