@@ -131,7 +131,7 @@ def tree_cpu_seconds(root: int) -> float:
 
     By parentage, not by session: PostgreSQL's backends each start a session of their own.
     """
-    parents: dict[int, int] = {}
+    children: dict[int, list[int]] = {}
     ticks: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -142,17 +142,13 @@ def tree_cpu_seconds(root: int) -> float:
             continue  # gone meanwhile
         # After the command: state, ppid, ..., utime, stime, cutime, cstime (fields 14-17).
         pid = int(entry.name)
-        parents[pid] = int(fields[1])
+        children.setdefault(int(fields[1]), []).append(pid)
         ticks[pid] = sum(int(value) for value in fields[11:15])
-    total, tree = 0, {root}
-    for pid in sorted(parents):  # a parent's pid is not always lower: walk up from each
-        chain = [pid]
-        while chain[-1] not in tree and parents.get(chain[-1], 0) > 1:
-            chain.append(parents[chain[-1]])
-        if chain[-1] in tree:
-            tree.update(chain)
-    for pid in tree:
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
         total += ticks.get(pid, 0)
+        stack.extend(children.get(pid, []))
     return total / os.sysconf("SC_CLK_TCK")
 
 
