@@ -5,8 +5,8 @@ store thread writes batches to PostgreSQL. While a batch is being written the lo
 serving the connection (heartbeats, the next deliveries), so a slow transaction never costs
 the connection. Deliveries are settled strictly in arrival order:
 
-- a message that fails validation is copied to the dead-letter queue at once, by a sender
-  with its own connection and thread (publisher confirm), and acked once the copy is
+- a message that fails validation is copied to the dead-letter queue at once, on a confirming
+  channel whose publishes do not wait (see `deadletter`), and acked once the copy is
   confirmed; no batch is acked past a copy still on its way;
 - a batch is acked (one multiple-ack) only after its transaction committed;
 - a batch the database could not take is republished to the next retry queue (or, once the
@@ -37,7 +37,7 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 from matchops_worker.broker import connection_parameters
 from matchops_worker.config import WorkerConfig
 from matchops_worker.contract import MatchReport, Reason, Rejection, parse_message
-from matchops_worker.deadletter import DeadLetterSender, copy_properties
+from matchops_worker.deadletter import DeadLetterChannel, copy_properties
 from matchops_worker.metrics import Health, Metrics
 from matchops_worker.store import (
     Result,
@@ -175,7 +175,7 @@ class Worker:
         self._rejected: list[Delivery] = []
         # Invalid messages whose dead-letter copies are on their way, oldest first.
         self._outgoing: deque[tuple[Delivery, Future[None]]] = deque()
-        self._sender = DeadLetterSender(config.amqp_url)
+        self._dead_letters: DeadLetterChannel | None = None
         self._batch_deadline = 0.0
         self._in_flight: Future[list[Result]] | None = None
         self._flushing: list[Delivery] = []
@@ -209,7 +209,6 @@ class Worker:
         finally:
             self._executor.shutdown(wait=True)
             self.store.close()
-            self._sender.close()
 
     # --- one broker connection ------------------------------------------------------------
 
@@ -225,6 +224,7 @@ class Worker:
             consume.basic_qos(prefetch_count=self.config.prefetch)
             publish = connection.channel()
             publish.confirm_delivery()
+            self._dead_letters = DeadLetterChannel(connection)
             consumer_tag = consume.basic_consume(self.topology.queue, self._on_message)
             self._set_consuming(True)
             log.info(
@@ -255,7 +255,7 @@ class Worker:
         while True:
             connection.process_data_events(time_limit=self._poll_timeout())
             self.health.tick()
-            self._dead_letter_rejections(wake)
+            self._dead_letter_rejections()
             self._settle_dead_letters(consume)
             if self._in_flight is not None and self._in_flight.done():
                 self._settle(consume, publish)
@@ -335,18 +335,18 @@ class Worker:
 
     # --- invalid messages -----------------------------------------------------------------
 
-    def _dead_letter_rejections(self, wake: _Waker) -> None:
+    def _dead_letter_rejections(self) -> None:
         rejected, self._rejected = self._rejected, []
         for delivery in rejected:
             assert isinstance(delivery.parsed, Rejection)
+            assert self._dead_letters is not None  # opened with the session
             reason, error = delivery.parsed.reason, delivery.parsed.error
             headers = self._dead_letter_headers(delivery, reason, error)
-            future = self._sender.submit(
+            future = self._dead_letters.publish(
                 self.topology.dead_letter_queue,
                 delivery.body,
                 copy_properties(delivery.properties, headers),
             )
-            future.add_done_callback(wake)
             self._outgoing.append((delivery, future))
 
     def _settle_dead_letters(self, consume: BlockingChannel) -> None:
@@ -527,10 +527,11 @@ class Worker:
                     future.result()
                 except (StoreUnavailable, SchemaOutdated):
                     self._set_database(False)
-        for _, copy in self._outgoing:
-            # Unacked, the message comes back and is dead-lettered again.
-            with contextlib.suppress(pika.exceptions.AMQPError, OSError):
-                copy.result()
+        if self._dead_letters is not None:
+            # Unacked, the messages whose copies were on their way come back and are
+            # dead-lettered again.
+            self._dead_letters.abandon("the broker connection closed")
+            self._dead_letters = None
         self._outgoing.clear()
         self._in_flight = None
         self._probe = None
