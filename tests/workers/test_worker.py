@@ -17,7 +17,7 @@ from matchops_devenv.postgres import PostgreSQL
 from matchops_devenv.rabbitmq import RabbitMQ
 from matchops_devenv.worker import WorkerProcess, worker_command
 from matchops_worker.contract import CELERY_TASKS
-from matchops_worker.sample import SeasonPlan, invalid_messages, season_reports
+from matchops_worker.sample import SeasonPlan, invalid_messages, scatter, season_reports
 from matchops_worker.store import Store
 from psycopg.rows import dict_row
 
@@ -172,6 +172,44 @@ def test_invalid_messages_go_to_the_dead_letter_queue_with_the_reason(
     assert worker.counter("matchops_worker_dead_letters_total", reason="contract") == 5
     assert vhost.depth("matches") == 0
     assert match_count(database) == 1
+
+
+def test_an_invalid_message_between_valid_ones_is_acked_with_their_batch_or_at_stop(
+    start_worker: StartWorker, vhost: Vhost, database: str
+) -> None:
+    # The batch neither fills nor runs out of time: only stopping writes it.
+    worker = start_worker(
+        MATCHOPS_BATCH_WAIT="1m", MATCHOPS_BATCH_SIZE="500", MATCHOPS_PREFETCH="1000"
+    )
+    first, second = ({**MATCH, "external_match_id": f"m{i}"} for i in range(2))
+    vhost.publish("matches", "matches", [*encode([first]), b"{not json", *encode([second])])
+    # The copy is confirmed at once; its original waits to be acked with the valid messages
+    # after it, which wait for their batch.
+    wait_until(lambda: outcome(worker, "dead_lettered") == 1, what="copy confirmed")
+    assert [m.body for m in vhost.take("matches.dlq")] == [b"{not json"]
+    assert match_count(database) == 0
+    assert worker.stop(timeout=20) == 0
+    assert match_count(database) == 2
+    # Nothing was left unacked to come back: not the valid messages, not the invalid one.
+    assert vhost.depth("matches") == 0
+    assert vhost.depth("matches.dlq") == 0
+
+
+def test_invalid_messages_in_a_stream_are_all_acked(
+    start_worker: StartWorker, vhost: Vhost, database: str
+) -> None:
+    worker = start_worker(MATCHOPS_BATCH_SIZE="10", MATCHOPS_PREFETCH="20")
+    valid = encode([{**MATCH, "external_match_id": f"m{i}"} for i in range(300)])
+    # The last one has no valid message after it to be acked with.
+    stream = [*scatter(valid, invalid_messages(30), seed=3), b"{not json"]
+    vhost.publish("matches", "matches", stream)
+    wait_handled(worker, len(stream))
+    assert outcome(worker, "dead_lettered") == 31
+    assert match_count(database) == 300
+    assert len(vhost.take("matches.dlq")) == 31
+    # Acked, every one: stopped, the worker hands nothing back to the queue.
+    assert worker.stop(timeout=20) == 0
+    assert vhost.depth("matches") == 0
 
 
 def flaky_trigger(dsn: str, until: int | None) -> None:

@@ -175,6 +175,8 @@ class Worker:
         self._rejected: list[Delivery] = []
         # Invalid messages whose dead-letter copies are on their way, oldest first.
         self._outgoing: deque[tuple[Delivery, Future[None]]] = deque()
+        # Invalid messages whose copies are confirmed, left for the next batch's multiple-ack.
+        self._confirmed: list[int] = []
         self._dead_letters: DeadLetterChannel | None = None
         self._batch_deadline = 0.0
         self._in_flight: Future[list[Result]] | None = None
@@ -281,6 +283,7 @@ class Worker:
                 and self._probe is None
                 and (not self._pending or not self.health.database)
             ):
+                self._ack_confirmed(consume)
                 if broker_cancelled and not self._stopping:
                     raise ConsumerCancelled(
                         f"the broker cancelled the consumer of {self.topology.queue!r}"
@@ -327,8 +330,12 @@ class Worker:
     def _batch_due(self) -> bool:
         if not self._pending or not self.health.database:
             return False
+        # Invalid messages not yet acked hold places in the prefetch window as well: counted
+        # in, a batch is due once its half of the window is used up, rather than waiting for
+        # the broker's next delivery while the store has nothing to do.
+        held = len(self._rejected) + len(self._outgoing) + len(self._confirmed)
         return (
-            len(self._pending) >= self.config.batch_limit
+            len(self._pending) + held >= self.config.batch_limit
             or time.monotonic() >= self._batch_deadline
             or self._stopping
         )
@@ -350,14 +357,33 @@ class Worker:
             self._outgoing.append((delivery, future))
 
     def _settle_dead_letters(self, consume: BlockingChannel) -> None:
-        """Ack the invalid messages whose copies are confirmed, oldest first."""
+        """Settle the invalid messages whose copies are confirmed, oldest first.
+
+        Each is acked by the multiple-ack of the batch that holds later messages, when there
+        is one: in a quorum queue every ack is an entry in the queue's log, so acking it alone
+        costs the broker about as much as the copy itself.
+        """
         while self._outgoing and self._outgoing[0][1].done():
             delivery, future = self._outgoing.popleft()
             future.result()  # a failed copy ends the session: the message is redelivered
-            consume.basic_ack(delivery.tag)
+            if self._latest_valid_tag() > delivery.tag:
+                self._confirmed.append(delivery.tag)
+            else:
+                consume.basic_ack(delivery.tag)
             assert isinstance(delivery.parsed, Rejection)
             self.metrics.dead_letters.labels(delivery.parsed.reason).inc()
             self.metrics.messages.labels("dead_lettered").inc()
+
+    def _latest_valid_tag(self) -> int:
+        """The delivery tag of the newest valid message not yet acked (0: none)."""
+        newest = self._pending or self._flushing
+        return newest[-1].tag if newest else 0
+
+    def _ack_confirmed(self, consume: BlockingChannel) -> None:
+        """Ack, one by one, the invalid messages left waiting for a batch's ack."""
+        for tag in self._confirmed:
+            consume.basic_ack(tag)
+        self._confirmed.clear()
 
     def _dead_letter(
         self, publish: BlockingChannel, delivery: Delivery, reason: str, error: str
@@ -436,11 +462,13 @@ class Worker:
     def _ack_batch(self, consume: BlockingChannel, batch: list[Delivery]) -> None:
         self._settle_dead_letters(consume)
         last = batch[-1].tag
+        covered = [tag for tag in self._confirmed if tag < last]
+        self._confirmed = [tag for tag in self._confirmed if tag > last]
         if self._outgoing and self._outgoing[0][0].tag < last:
             # An earlier invalid message's copy is still on its way: a multiple ack would
             # cover that message too.
-            for delivery in batch:
-                consume.basic_ack(delivery.tag)
+            for tag in sorted([*covered, *(delivery.tag for delivery in batch)]):
+                consume.basic_ack(tag)
         else:
             consume.basic_ack(last, multiple=True)
 
@@ -533,6 +561,7 @@ class Worker:
             self._dead_letters.abandon("the broker connection closed")
             self._dead_letters = None
         self._outgoing.clear()
+        self._confirmed = []
         self._in_flight = None
         self._probe = None
         self._pending = []
