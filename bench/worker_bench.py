@@ -12,7 +12,9 @@ again as completed with scores) and reports, in one run, messages per second for
 - the worker with a larger prefetch (MATCHOPS_PREFETCH=1000, MATCHOPS_BATCH_SIZE=250);
 - the worker writing one message per transaction (MATCHOPS_BATCH_SIZE=1);
 - raw pika consumption with manual acks and no work at all: the ceiling the broker and the
-  client library allow on this machine.
+  client library allow on this machine. It is measured right after each clean run and after
+  the large-prefetch run, and each worker run is compared with the raw consume measured
+  nearest to it with the same prefetch, since the machine's pace moves between runs.
 
 Broker and database run beside the worker, with their durable defaults (PostgreSQL fsync on,
 persistent messages, quorum queue). Run with `make bench`; the figures depend on what else
@@ -122,6 +124,22 @@ class Run:
     settings: dict[str, str]
     messages: list[bytes]
     invalid: int = 0  # how many of the messages the worker must dead-letter
+
+
+@dataclass(frozen=True)
+class RawRun:
+    """Raw pika consumption of the stream with this prefetch."""
+
+    prefetch: int
+
+
+def nearest_raw(figures: list[Figure], index: int) -> Figure:
+    """The raw consume with the same prefetch measured nearest to figures[index] (after first)."""
+    prefetch = figures[index].prefetch
+    raws = [
+        (n, f) for n, f in enumerate(figures) if f.name.startswith("raw") and f.prefetch == prefetch
+    ]
+    return min(raws, key=lambda pair: (abs(pair[0] - index), pair[0] < index))[1]
 
 
 def with_invalid(name: str, run: Run, share: float, seed: int = 11) -> Run:
@@ -236,14 +254,16 @@ def main() -> int:
     base = {"MATCHOPS_QUEUE_TYPE": args.queue_type, "MATCHOPS_LOG_LEVEL": "warning"}
     clean = Run("worker, default settings", base, stream)
     mixed = with_invalid("worker, default settings, 1 % invalid", clean, 0.01)
-    runs = [
-        *[clean, mixed] * args.pairs,
+    pair: list[Run | RawRun] = [clean, RawRun(200), mixed]
+    runs: list[Run | RawRun] = [
+        *pair * args.pairs,
         with_invalid("worker, default settings, 10 % invalid", clean, 0.10),
         Run(
             "worker, prefetch 1000, batch 250",
             {**base, "MATCHOPS_PREFETCH": "1000", "MATCHOPS_BATCH_SIZE": "250"},
             stream,
         ),
+        RawRun(1000),
         Run(
             "worker, one message per transaction",
             {**base, "MATCHOPS_BATCH_SIZE": "1"},
@@ -264,31 +284,39 @@ def main() -> int:
             vhost = Vhost("/", broker.url())
             servers = Servers(broker, postgres)
             for number, run in enumerate(runs):
-                fill(vhost, topology, run.messages)
-                dsn = postgres.create_database(f"bench_{number}")
-                migrate(dsn)
-                figures.append(drain_with_worker(run, state, vhost, dsn, servers))
-                print(f"  {run.name}: {figures[-1].rate:.0f} msg/s", flush=True)
-            for prefetch in (200, 1000):
-                fill(vhost, topology, stream)
-                figures.append(raw_consume(vhost, topology.queue, len(stream), prefetch))
+                if isinstance(run, RawRun):
+                    fill(vhost, topology, stream)
+                    figures.append(raw_consume(vhost, topology.queue, len(stream), run.prefetch))
+                else:
+                    fill(vhost, topology, run.messages)
+                    dsn = postgres.create_database(f"bench_{number}")
+                    migrate(dsn)
+                    figures.append(drain_with_worker(run, state, vhost, dsn, servers))
                 print(f"  {figures[-1].name}: {figures[-1].rate:.0f} msg/s", flush=True)
         finally:
             statedir.release(state)
-    raw = {f.prefetch: f.rate for f in figures if f.name.startswith("raw")}
     print()
     print(
         f"{'run':<42} {'messages':>9} {'seconds':>8} {'msg/s':>8} {'of raw':>7}"
         f" {'CPU µs/msg: worker':>19} {'broker':>7} {'database':>9}"
     )
-    for figure in figures:
-        share = figure.rate / raw[figure.prefetch]
+    for index, figure in enumerate(figures):
+        share = figure.rate / nearest_raw(figures, index).rate
         cpu = "" if figure.cpu is None else " {:>19.0f} {:>7.0f} {:>9.0f}".format(*figure.cpu)
         print(
             f"{figure.name:<42} {figure.messages:>9} {figure.seconds:>8.2f} "
             f"{figure.rate:>8.0f} {share:>7.0%}{cpu}"
         )
-    print("('of raw': share of the raw consume rate with the same prefetch)")
+    print("('of raw': share of the raw consume with the same prefetch measured nearest to it)")
+    shares = [
+        figure.rate / nearest_raw(figures, index).rate
+        for index, figure in enumerate(figures)
+        if figure.name == clean.name
+    ]
+    print(
+        "default settings, share of the raw consume measured right after each run: "
+        f"{', '.join(f'{r:.0%}' for r in shares)}; median {statistics.median(shares):.0%}"
+    )
     ratios = [
         invalid.rate / plain.rate
         for plain, invalid in zip(
