@@ -7,7 +7,8 @@ the connection. Deliveries are settled strictly in arrival order:
 
 - a message that fails validation is copied to the dead-letter queue at once, on a confirming
   channel whose publishes do not wait (see `deadletter`), and acked once the copy is
-  confirmed; no batch is acked past a copy still on its way;
+  confirmed, in the multiple-ack of the batch after it when one follows; no batch is acked
+  past a copy still on its way;
 - a batch is acked (one multiple-ack) only after its transaction committed;
 - a batch the database could not take is republished to the next retry queue (or, once the
   delays are used up, to the dead-letter queue) and acked, and the worker holds further
