@@ -174,7 +174,7 @@ def test_invalid_messages_go_to_the_dead_letter_queue_with_the_reason(
     assert match_count(database) == 1
 
 
-def test_an_invalid_message_between_valid_ones_is_acked_with_their_batch_or_at_stop(
+def test_an_invalid_message_between_valid_ones_is_acked_with_their_batch(
     start_worker: StartWorker, vhost: Vhost, database: str
 ) -> None:
     # The batch neither fills nor runs out of time: only stopping writes it.
@@ -193,6 +193,28 @@ def test_an_invalid_message_between_valid_ones_is_acked_with_their_batch_or_at_s
     # Nothing was left unacked to come back: not the valid messages, not the invalid one.
     assert vhost.depth("matches") == 0
     assert vhost.depth("matches.dlq") == 0
+
+
+def test_stopping_while_the_database_is_down_acks_the_invalid_messages_it_holds(
+    start_worker: StartWorker, postgres: PostgreSQL, vhost: Vhost
+) -> None:
+    worker = start_worker(MATCHOPS_RETRY_DELAYS="1m")
+    first, second, third = ({**MATCH, "external_match_id": f"m{i}"} for i in range(3))
+    postgres.stop()
+    try:
+        # The first batch fails: the worker holds the next ones until the database answers.
+        vhost.publish("matches", "matches", encode([first]))
+        wait_until(lambda: outcome(worker, "retried") == 1, what="first batch retried")
+        vhost.publish("matches", "matches", [*encode([second]), b"{not json", *encode([third])])
+        # The invalid message's copy is confirmed; its ack waits for the valid one after it.
+        wait_until(lambda: outcome(worker, "dead_lettered") == 1, what="copy confirmed")
+        assert worker.stop(timeout=20) == 0
+    finally:
+        postgres.start()
+    # The valid messages held come back; the invalid one was acked before the worker left.
+    vhost.wait_for_depth("matches", 2)
+    assert sorted(m.body for m in vhost.take("matches")) == sorted(encode([second, third]))
+    assert [m.body for m in vhost.take("matches.dlq")] == [b"{not json"]
 
 
 def test_invalid_messages_in_a_stream_are_all_acked(

@@ -334,9 +334,9 @@ class Worker:
         # Invalid messages not yet acked hold places in the prefetch window as well: counted
         # in, a batch is due once its half of the window is used up, rather than waiting for
         # the broker's next delivery while the store has nothing to do.
-        held = len(self._rejected) + len(self._outgoing) + len(self._confirmed)
+        invalid = len(self._outgoing) + len(self._confirmed)
         return (
-            len(self._pending) + held >= self.config.batch_limit
+            len(self._pending) + invalid >= self.config.batch_limit
             or time.monotonic() >= self._batch_deadline
             or self._stopping
         )
@@ -344,13 +344,16 @@ class Worker:
     # --- invalid messages -----------------------------------------------------------------
 
     def _dead_letter_rejections(self) -> None:
+        if not self._rejected:
+            return
         rejected, self._rejected = self._rejected, []
+        dead_letters = self._dead_letters
+        assert dead_letters is not None  # opened with the session
         for delivery in rejected:
             assert isinstance(delivery.parsed, Rejection)
-            assert self._dead_letters is not None  # opened with the session
             reason, error = delivery.parsed.reason, delivery.parsed.error
             headers = self._dead_letter_headers(delivery, reason, error)
-            future = self._dead_letters.publish(
+            future = dead_letters.publish(
                 self.topology.dead_letter_queue,
                 delivery.body,
                 copy_properties(delivery.properties, headers),
@@ -468,7 +471,7 @@ class Worker:
         if self._outgoing and self._outgoing[0][0].tag < last:
             # An earlier invalid message's copy is still on its way: a multiple ack would
             # cover that message too.
-            for tag in sorted([*covered, *(delivery.tag for delivery in batch)]):
+            for tag in [*covered, *(delivery.tag for delivery in batch)]:
                 consume.basic_ack(tag)
         else:
             consume.basic_ack(last, multiple=True)

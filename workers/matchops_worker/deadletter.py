@@ -3,7 +3,7 @@
 A publisher confirm from a quorum queue waits for the broker to write the copy to disk. Waited
 for on the consuming thread, copy after copy, that slowed a stream with 1 % poison by a third
 and capped the copies at a few hundred a second. A sender with its own connection and thread
-cost about a millisecond of worker CPU per copy in thread hand-offs alone.
+costs about a millisecond of worker CPU per copy in thread hand-offs alone.
 
 So the copies go out on a confirming channel of the consumer's own connection, through pika's
 asynchronous channel under the blocking one: a publish returns at once, and the broker's
@@ -77,7 +77,7 @@ class DeadLetterChannel:
             self._channel.basic_publish("", queue, body, properties, mandatory=True)
         except (pika.exceptions.AMQPError, OSError) as exc:
             self._fail(CopyFailed(f"dead-letter publish failed: {exc}"))
-            future.set_exception(CopyFailed(f"dead-letter publish failed: {exc}"))
+            future.set_exception(self._error)
             return future
         self._published += 1
         self._unconfirmed[self._published] = future
