@@ -94,8 +94,10 @@ def run(args: argparse.Namespace) -> int:
         teams=args.teams,
         invalid=args.invalid,
     )
-    # SIGTERM tears down like Ctrl-C does.
-    signal.signal(signal.SIGTERM, _interrupt)
+    # SIGTERM tears down like Ctrl-C does; so does SIGINT when a shell started the demo in
+    # the background (and so had it ignore SIGINT).
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     started = time.monotonic()
     try:
         code = _demo(season, args.state_dir, args.keep)

@@ -372,7 +372,8 @@ class Pipeline:
         self.kubectl("create", "job", job, f"--from=cronjob/{self.name}-scraper")
 
     def finish_scraper(self, job: str, timeout: float = 180.0) -> str:
-        """Wait for the scraper Job to succeed; returns its last log line (what it published)."""
+        """Wait for the scraper Job to succeed; returns the last log line of its pod that
+        succeeded (what it published). A Job may take more than one pod to get there."""
 
         def finished() -> str | None:
             conditions = self.get("job", job).get("status", {}).get("conditions", [])
@@ -380,10 +381,18 @@ class Pipeline:
             return next(iter(done & {"Complete", "Failed"}), None)
 
         outcome = wait_for(finished, f"job/{job} to finish", timeout, diagnose=self.diagnose)
-        log = self.kubectl("logs", f"job/{job}", "--tail=40", check=False)
-        if outcome != "Complete":
-            raise PipelineError(f"the scraper job/{job} failed:\n{log}\n{self.diagnose()}")
-        return log.strip().splitlines()[-1] if log.strip() else ""
+        pods = self.get("pods", "-l", f"job-name={job}")["items"]
+        logs = {
+            (pod["metadata"]["name"], pod.get("status", {}).get("phase")): self.kubectl(
+                "logs", pod["metadata"]["name"], "--tail=40", check=False
+            ).strip()
+            for pod in pods
+        }
+        succeeded = [log for (_, phase), log in logs.items() if phase == "Succeeded"]
+        if outcome != "Complete" or not succeeded:
+            said = "\n".join(f"pod {name} ({phase}):\n{log}" for (name, phase), log in logs.items())
+            raise PipelineError(f"the scraper job/{job} failed:\n{said}\n{self.diagnose()}")
+        return succeeded[0].splitlines()[-1] if succeeded[0] else ""
 
 
 @dataclass(frozen=True)

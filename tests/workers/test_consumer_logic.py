@@ -4,7 +4,6 @@ import pika
 import pytest
 from matchops_worker.consumer import (
     ATTEMPTS_HEADER,
-    Backoff,
     Delivery,
     attempts_of,
     republished_headers,
@@ -64,12 +63,3 @@ def test_the_first_routing_key_survives_retries() -> None:
     assert republished_headers(back_from_retry, 2)["x-matchops-original-routing-key"] == (
         "matches.process"
     )
-
-
-def test_backoff_grows_to_its_maximum_and_resets() -> None:
-    backoff = Backoff(initial=1.0, maximum=8.0)
-    delays = [backoff.next() for _ in range(6)]
-    for delay, nominal in zip(delays, [1, 2, 4, 8, 8, 8], strict=True):
-        assert 0.8 * nominal <= delay <= 1.2 * nominal
-    backoff.reset()
-    assert backoff.next() <= 1.2

@@ -102,6 +102,14 @@ def _broker_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="declare the pipeline's exchange and queues first (MATCHOPS_* settings)",
     )
+    parser.add_argument(
+        "--retry-for",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to keep reconnecting to a broker that went away before giving up "
+        "(default: %(default)g; 0 gives up at once)",
+    )
 
 
 def _publish(args: argparse.Namespace) -> int:
@@ -154,7 +162,13 @@ def _send(args: argparse.Namespace, messages: list[bytes]) -> int:
     topology = config.topology
     target = Target(topology.exchange, config.routing_key, args.task if args.celery else None)
     started = time.monotonic()
-    with Publisher(config.amqp_url, target, topology if args.declare else None) as publisher:
+    with Publisher(
+        config.amqp_url,
+        target,
+        topology if args.declare else None,
+        retry_for=args.retry_for,
+        on_retry=_say_reconnecting,
+    ) as publisher:
         count = publisher.publish_all(messages)
     elapsed = max(time.monotonic() - started, 1e-6)
     print(
@@ -165,10 +179,18 @@ def _send(args: argparse.Namespace, messages: list[bytes]) -> int:
                 "routing_key": target.routing_key,
                 "format": "celery" if args.celery else "json",
                 "seconds": round(elapsed, 3),
+                "reconnects": publisher.reconnects,
             }
         )
     )
     return 0
+
+
+def _say_reconnecting(exc: BaseException, delay: float) -> None:
+    print(
+        f"matchops: the broker is unavailable ({exc!r}); trying again in {delay:.1f}s",
+        file=sys.stderr,
+    )
 
 
 def _schema(args: argparse.Namespace) -> int:

@@ -24,17 +24,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
+from matchops_worker.backoff import Backoff
 from matchops_worker.broker import connection_parameters
 from matchops_worker.config import WorkerConfig
 from matchops_worker.contract import MatchReport, Reason, Rejection, parse_message
@@ -81,28 +81,6 @@ class Delivery:
     body: bytes
     parsed: MatchReport | Rejection
     attempts: int
-
-
-@dataclass
-class Backoff:
-    """Exponential delays with jitter, for reconnecting without hammering."""
-
-    initial: float = 0.5
-    # The longest a worker stays idle after its broker or database is back. One connection
-    # attempt or probe query per worker every few seconds costs the server nothing; a 30 s
-    # ceiling left workers idle for up to half a minute after a broker restart.
-    maximum: float = 5.0
-    factor: float = 2.0
-    _current: float = field(default=0.0, init=False)
-
-    def next(self) -> float:
-        self._current = (
-            self.initial if self._current == 0 else min(self.maximum, self._current * self.factor)
-        )
-        return self._current * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not secrets
-
-    def reset(self) -> None:
-        self._current = 0.0
 
 
 def attempts_of(headers: dict[str, Any] | None) -> int:

@@ -14,6 +14,7 @@ import prometheus_client
 import psycopg
 
 from matchops_worker import logs, store
+from matchops_worker.backoff import Backoff
 from matchops_worker.config import (
     ConfigError,
     MigrateConfig,
@@ -21,7 +22,7 @@ from matchops_worker.config import (
     load_config,
     load_migrate_config,
 )
-from matchops_worker.consumer import Backoff, Worker
+from matchops_worker.consumer import Worker
 from matchops_worker.metrics import Health, Metrics, serve
 
 log = logging.getLogger("matchops_worker")
