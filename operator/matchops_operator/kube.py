@@ -101,6 +101,18 @@ class Kube:
                 "SecretKeyNotFound", f"{ref.source(namespace)} does not hold text ({purpose})"
             ) from exc
 
+    async def ingestions(self, namespace: str) -> list[dict[str, Any]]:
+        """The MatchIngestions of `namespace`, as plain objects."""
+        try:
+            return [
+                item.to_dict()  # type: ignore[no-untyped-call]
+                async for item in self._client.list(MatchIngestion, namespace=namespace)
+            ]
+        except ApiError as exc:
+            raise retrying(
+                "APIError", f"listing MatchIngestions in {namespace}: {exc.status.message}"
+            ) from exc
+
     async def get(self, kind: type[Child], owner: Owner, name: str) -> Child | None:
         """The child of that name, or None."""
         try:

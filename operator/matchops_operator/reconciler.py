@@ -10,6 +10,7 @@ learned.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -31,6 +32,7 @@ from matchops_operator.kube import Kube
 from matchops_operator.plans import WorkersPlan, created_event, plan_workers
 from matchops_operator.problems import Problem, as_problem, stalled
 from matchops_operator.retries import Attempts, after_attempt
+from matchops_operator.sharing import Neighbour, endpoint_of, sharers
 from matchops_operator.spec import MatchIngestionSpec, SpecError, WorkersSpec, parse_spec
 from matchops_operator.status import (
     OWNED,
@@ -169,7 +171,8 @@ class Reconciler:
         )
 
     async def delete(self, body: Mapping[str, Any]) -> Outcome:
-        """Honour deletionPolicy: Retain keeps the queues, Delete removes them.
+        """Honour deletionPolicy: Retain keeps the queues, Delete removes them, unless another
+        MatchIngestion of the namespace uses them too (see `sharing`).
 
         A broker that cannot be reached is retried with backoff (the resource stays until the
         queues are gone, or until deletionPolicy is changed to Retain). A Secret that is gone,
@@ -189,6 +192,15 @@ class Reconciler:
             return Outcome(done=f"deletionPolicy Retain: kept queues {names}")
         try:
             access = await _broker_access(self._kube, owner, spec)
+            users = await self._sharers(owner, spec, access, topology)
+            if users:
+                message = (
+                    f"queues {names} kept on the broker: MatchIngestion {', '.join(users)} "
+                    "uses them too (they are deleted with the last MatchIngestion that uses "
+                    "them, if its deletionPolicy is Delete)"
+                )
+                await self._record(owner, EventSpec("Normal", "QueuesKept", message))
+                return Outcome(done=message)
             await asyncio.to_thread(broker.delete_topology, access, topology)
         except Exception as exc:
             problem = as_problem(exc)
@@ -210,6 +222,43 @@ class Reconciler:
 
     async def _record(self, owner: Owner, event: EventSpec) -> None:
         await _record(self._kube, owner, event)
+
+    async def _sharers(
+        self,
+        owner: Owner,
+        spec: MatchIngestionSpec,
+        access: broker.BrokerAccess,
+        topology: Topology,
+    ) -> list[str]:
+        """The other MatchIngestions of the namespace that use this one's queues, except
+        those being deleted too."""
+        neighbours = []
+        for body in await self._kube.ingestions(owner.namespace):
+            metadata = body.get("metadata") or {}
+            if metadata.get("uid") == owner.uid or metadata.get("deletionTimestamp"):
+                continue
+            try:
+                other = parse_spec(body.get("spec") or {})
+                queues = topology_for(metadata["name"], other.broker).queues
+            except SpecError:
+                continue
+            ref = other.broker.secret_ref
+            endpoint = None
+            if ref != spec.broker.secret_ref:
+                # A Secret that cannot be read names no broker this pipeline could share.
+                with contextlib.suppress(Problem):
+                    url = await self._kube.secret_value(owner.namespace, ref, "a broker URL")
+                    endpoint = endpoint_of(url)
+            neighbours.append(
+                Neighbour(
+                    metadata["name"],
+                    frozenset(queue.name for queue in queues),
+                    same_secret=ref == spec.broker.secret_ref,
+                    endpoint=endpoint,
+                )
+            )
+        mine = (queue.name for queue in topology.queues)
+        return sharers(mine, endpoint_of(access.amqp_url), neighbours)
 
 
 @dataclass(frozen=True)

@@ -673,6 +673,34 @@ def test_deletion_policy_decides_the_queues_and_children_are_collected(
     wait_for(collected, "the garbage collector to remove the CronJob and the Deployment")
 
 
+def test_queues_shared_with_another_pipeline_go_only_with_the_last_of_them(
+    pipeline: Pipeline, operator: KopfRunner
+) -> None:
+    pipeline.secrets()
+    first = sample("legacy-celery.yaml", broker__deletionPolicy="Delete")
+    # The same pipeline applied again under another name: the same queues on the same broker.
+    copy = sample("legacy-celery.yaml", broker__deletionPolicy="Delete")
+    copy["metadata"]["name"] = "matches-copy"
+    pipeline.apply(first)
+    pipeline.apply(copy)
+    pipeline.wait_condition("matches", "Ready", "True")
+    pipeline.wait_condition("matches-copy", "Ready", "True")
+    pipeline.vhost.publish("matches", "matches", [b"{}"] * 5)
+
+    pipeline.kubectl("delete", "matchingestion", "matches", "--wait=true", "--timeout=60s")
+    assert pipeline.vhost.depth("matches") == 5
+    assert pipeline.queue("matches.dlq") is not None
+    assert pipeline.policy("matchops.matches") is not None
+    kept = [e["message"] for e in pipeline.events("matches") if e["reason"] == "QueuesKept"]
+    assert len(kept) == 1, kept
+    assert "kept on the broker: MatchIngestion matches-copy uses them too" in kept[0]
+
+    pipeline.kubectl("delete", "matchingestion", "matches-copy", "--wait=true", "--timeout=60s")
+    assert pipeline.queue("matches") is None
+    assert pipeline.queue("matches.dlq") is None
+    assert pipeline.policy("matchops.matches") is None
+
+
 def test_a_poll_in_progress_does_not_hold_up_deletion(
     pipeline: Pipeline, operator: KopfRunner
 ) -> None:
