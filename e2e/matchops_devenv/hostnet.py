@@ -12,7 +12,9 @@ The filter rule drops packets from the link that connection tracking finds inval
 the TCP window it tracks, say, under load). Such a packet is not translated back to loopback:
 it would reach the link address itself, where nothing listens, and the host would answer with
 a reset that kills the pod's connection. Dropped, it is sent again like any lost packet (the
-rule kube-proxy keeps for Services, for the same reason).
+rule kube-proxy keeps for Services, for the same reason). Inside the node's namespace, which
+masquerades the pods' connections, window tracking is relaxed and invalid packets arriving
+for the node itself are dropped too, for the same reason in the other direction.
 """
 
 from __future__ import annotations
@@ -82,9 +84,16 @@ def create(network: NodeNetwork) -> None:
     gateway = f"{network.gateway}/{network.pod_subnet.prefixlen}"
     _run([*node, "addr", "add", gateway, "dev", network.bridge])
     _run([*node, "link", "set", network.bridge, "up"])
-    # Both are per network namespace: the host's own settings stay as they are.
+    # All are per network namespace: the host's own settings stay as they are.
     _sysctl_in(network, "net.ipv4.ip_forward", "1")
     _sysctl_in(network, "net.bridge.bridge-nf-call-iptables", "1")
+    # The node masquerades its pods' connections. A reply that connection tracking here found
+    # out of its window would not be translated back: it would reach the node's own address,
+    # which answers with a reset, and the reset would go on to the server and end the pod's
+    # connection. Window tracking is relaxed here (as kube-proxy can do for a node) and any
+    # packet still found invalid on its way in is dropped, to be sent again.
+    _sysctl_in(network, "net.netfilter.nf_conntrack_tcp_be_liberal", "1")
+    _run(in_netns(network, ["iptables", "-w", "-I", "INPUT", *_drop_invalid(network.node_id)]))
     chain = network.chain
     _run(["iptables", "-w", "-t", "nat", "-N", chain])
     comment = ["-m", "comment", "--comment", f"matchops node {network.node_id}", "-j", chain]
@@ -93,14 +102,12 @@ def create(network: NodeNetwork) -> None:
     nat = ["iptables", "-w", "-t", "nat", "-I"]
     _run([*nat, "PREROUTING", "-i", host_link, *comment])
     _run([*nat, "OUTPUT", "-d", f"{network.host_address}/32", *comment])
-    _run(["iptables", "-w", "-I", "INPUT", *_drop_invalid(network.node_id, host_link)])
+    _run(["iptables", "-w", "-I", "INPUT", "-i", host_link, *_drop_invalid(network.node_id)])
 
 
-def _drop_invalid(node_id: str, host_link: str) -> list[str]:
-    """The INPUT rule that drops invalid packets arriving on the node's link."""
+def _drop_invalid(node_id: str) -> list[str]:
+    """The rule (after an INPUT interface match) that drops packets tracking finds invalid."""
     return [
-        "-i",
-        host_link,
         "-m",
         "conntrack",
         "--ctstate",
@@ -143,7 +150,7 @@ def delete(node_id: str) -> None:
     """
     name = name_of(node_id)
     chain = chain_of(node_id)
-    drop = _drop_invalid(node_id, name)
+    drop = ["-i", name, *_drop_invalid(node_id)]
     while _run(["iptables", "-w", "-C", "INPUT", *drop], check=False).returncode == 0:
         _run(["iptables", "-w", "-D", "INPUT", *drop])
     for hook in ("PREROUTING", "OUTPUT"):

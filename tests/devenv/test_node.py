@@ -369,3 +369,27 @@ def test_kube_proxy_rules_stay_in_the_node_namespace(node: Node) -> None:
     assert ours
     assert all(network.chain in line for line in ours), ours
     assert f"node {network.node_id}" in host
+
+
+def test_the_node_drops_packets_tracking_finds_invalid_rather_than_reset(node: Node) -> None:
+    # A reply out of the tracked window would otherwise miss the masquerade's translation and
+    # be answered with a reset that ends a pod's connection to the broker or the database.
+    network = node.network
+    assert network is not None
+    inside = ["nsenter", f"--net=/run/netns/{network.netns}"]
+    liberal = ["sysctl", "-n", "net.netfilter.nf_conntrack_tcp_be_liberal"]
+
+    def run(argv: list[str]) -> str:
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+    assert run([*inside, *liberal]).strip() == "1"
+    node_rules = run([*inside, "iptables-save", "-t", "filter"])
+    assert any(
+        line.startswith("-A INPUT") and "--ctstate INVALID" in line and line.endswith("-j DROP")
+        for line in node_rules.splitlines()
+    ), node_rules
+    host_rules = run(["iptables-save", "-t", "filter"])
+    assert any(
+        line.startswith(f"-A INPUT -i {network.host_link}") and "--ctstate INVALID" in line
+        for line in host_rules.splitlines()
+    ), host_rules
