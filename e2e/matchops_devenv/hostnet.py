@@ -96,13 +96,18 @@ def create(network: NodeNetwork) -> None:
     _run(in_netns(network, ["iptables", "-w", "-I", "INPUT", *_drop_invalid(network.node_id)]))
     chain = network.chain
     _run(["iptables", "-w", "-t", "nat", "-N", chain])
-    comment = ["-m", "comment", "--comment", f"matchops node {network.node_id}", "-j", chain]
+    comment = ["-m", "comment", "--comment", _comment(network.node_id), "-j", chain]
     # From the node; and from this machine to the link address, so that the same URLs work
     # for pods and for programs here (an operator run in-process shares its Secrets with pods).
     nat = ["iptables", "-w", "-t", "nat", "-I"]
     _run([*nat, "PREROUTING", "-i", host_link, *comment])
     _run([*nat, "OUTPUT", "-d", f"{network.host_address}/32", *comment])
     _run(["iptables", "-w", "-I", "INPUT", "-i", host_link, *_drop_invalid(network.node_id)])
+
+
+def _comment(node_id: str) -> str:
+    """The comment on every host rule of node `node_id`, by which leftovers are found."""
+    return f"matchops node {node_id}"
 
 
 def _drop_invalid(node_id: str) -> list[str]:
@@ -115,7 +120,7 @@ def _drop_invalid(node_id: str) -> list[str]:
         "-m",
         "comment",
         "--comment",
-        f"matchops node {node_id}",
+        _comment(node_id),
         "-j",
         "DROP",
     ]
@@ -196,7 +201,7 @@ def node_ids_on_host() -> set[str]:
         if "--comment" in words and "-i" in words:
             comment = words[words.index("--comment") + 1]
             link = words[words.index("-i") + 1]
-            if (i := id_in(link)) is not None and comment == f"matchops node {i}":
+            if (i := id_in(link)) is not None and comment == _comment(i):
                 found.add(i)
     return found
 
