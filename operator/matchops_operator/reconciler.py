@@ -131,7 +131,8 @@ class Reconciler:
                 # while a spec change was handled): acting on it would undo the change.
                 return Outcome()
             now = self._clock()
-            if resource.generation > memory.generation:
+            new_spec = resource.generation > memory.generation
+            if new_spec:
                 # A new spec is tried at once, every step of it.
                 memory.reconciling = memory.workers = Attempts()
                 memory.workers_problem = None
@@ -142,7 +143,7 @@ class Reconciler:
                     done=f"{failures} failures in a row; backing off",
                 )
             memory.generation = resource.generation
-            run = _Run(self._kube, self._settings, resource, memory, now)
+            run = _Run(self._kube, self._settings, resource, memory, now, new_spec=new_spec)
             try:
                 observed = await run.execute()
             except Exception as exc:
@@ -192,7 +193,7 @@ class Reconciler:
             return Outcome(done=f"deletionPolicy Retain: kept queues {names}")
         try:
             access = await _broker_access(self._kube, owner, spec)
-            users = await self._sharers(owner, spec, access, topology)
+            users = await _sharers(self._kube, owner, spec, access, topology)
             if users:
                 message = (
                     f"queues {names} kept on the broker: MatchIngestion {', '.join(users)} "
@@ -223,43 +224,6 @@ class Reconciler:
     async def _record(self, owner: Owner, event: EventSpec) -> None:
         await _record(self._kube, owner, event)
 
-    async def _sharers(
-        self,
-        owner: Owner,
-        spec: MatchIngestionSpec,
-        access: broker.BrokerAccess,
-        topology: Topology,
-    ) -> list[str]:
-        """The other MatchIngestions of the namespace that use this one's queues, except
-        those being deleted too."""
-        neighbours = []
-        for body in await self._kube.ingestions(owner.namespace):
-            metadata = body.get("metadata") or {}
-            if metadata.get("uid") == owner.uid or metadata.get("deletionTimestamp"):
-                continue
-            try:
-                other = parse_spec(body.get("spec") or {})
-                queues = topology_for(metadata["name"], other.broker).queues
-            except SpecError:
-                continue
-            ref = other.broker.secret_ref
-            endpoint = None
-            if ref != spec.broker.secret_ref:
-                # A Secret that cannot be read names no broker this pipeline could share.
-                with contextlib.suppress(Problem):
-                    url = await self._kube.secret_value(owner.namespace, ref, "a broker URL")
-                    endpoint = endpoint_of(url)
-            neighbours.append(
-                Neighbour(
-                    metadata["name"],
-                    frozenset(queue.name for queue in queues),
-                    same_secret=ref == spec.broker.secret_ref,
-                    endpoint=endpoint,
-                )
-            )
-        mine = (queue.name for queue in topology.queues)
-        return sharers(mine, endpoint_of(access.amqp_url), neighbours)
-
 
 @dataclass(frozen=True)
 class _Workers:
@@ -279,8 +243,12 @@ class _Run:
         resource: Resource,
         memory: _Memory,
         now: float,
+        *,
+        new_spec: bool = False,
     ) -> None:
         self.kube = kube
+        # A spec not reconciled before by this operator: worth the checks a poll skips.
+        self.new_spec = new_spec
         self.settings = settings
         self.resource = resource
         self.owner = resource.owner
@@ -346,9 +314,29 @@ class _Run:
             report = await asyncio.to_thread(broker.sync, access, topology, stale)
         except Exception as exc:
             return None, self._failed(as_problem(exc)).part(conditions.TOPOLOGY_READY)
+        if self.new_spec:
+            await self._warn_if_shared(spec, access, topology)
         if report.problem is not None:
             return report, self._failed(report.problem).part(conditions.TOPOLOGY_READY)
         return report, conditions.topology_part(topology, report.policy)
+
+    async def _warn_if_shared(
+        self, spec: MatchIngestionSpec, access: broker.BrokerAccess, topology: Topology
+    ) -> None:
+        """A Warning Event when other MatchIngestions use the same queue: each would size
+        its own workers to the whole backlog."""
+        try:
+            users = await _sharers(self.kube, self.owner, spec, access, topology)
+        except Exception:
+            log.warning("could not look for other users of %s", topology.queue, exc_info=True)
+            return
+        if users:
+            message = (
+                f"queue {topology.queue} is also used by MatchIngestion {', '.join(users)}: "
+                "each sizes its own workers to the whole backlog, and deleting one keeps the "
+                "queues for the others; give each pipeline its own queue"
+            )
+            self.events.append(EventSpec("Warning", "QueueShared", message))
 
     async def _scraper(
         self, spec: MatchIngestionSpec, topology: Topology
@@ -473,6 +461,44 @@ async def _broker_access(kube: Kube, owner: Owner, spec: MatchIngestionSpec) -> 
         management_url=management_url,
         management_source=management.source(owner.namespace) if management else None,
     )
+
+
+async def _sharers(
+    kube: Kube,
+    owner: Owner,
+    spec: MatchIngestionSpec,
+    access: broker.BrokerAccess,
+    topology: Topology,
+) -> list[str]:
+    """The other MatchIngestions of the namespace that use this one's queues on the same
+    broker, except those being deleted."""
+    neighbours = []
+    for body in await kube.ingestions(owner.namespace):
+        metadata = body.get("metadata") or {}
+        if metadata.get("uid") == owner.uid or metadata.get("deletionTimestamp"):
+            continue
+        try:
+            other = parse_spec(body.get("spec") or {})
+            queues = topology_for(metadata["name"], other.broker).queues
+        except SpecError:
+            continue
+        ref = other.broker.secret_ref
+        endpoint = None
+        if ref != spec.broker.secret_ref:
+            # A Secret that cannot be read names no broker this pipeline could share.
+            with contextlib.suppress(Problem):
+                url = await kube.secret_value(owner.namespace, ref, "a broker URL")
+                endpoint = endpoint_of(url)
+        neighbours.append(
+            Neighbour(
+                metadata["name"],
+                frozenset(queue.name for queue in queues),
+                same_secret=ref == spec.broker.secret_ref,
+                endpoint=endpoint,
+            )
+        )
+    mine = (queue.name for queue in topology.queues)
+    return sharers(mine, endpoint_of(access.amqp_url), neighbours)
 
 
 def _limits(workers: WorkersSpec) -> scaling.Limits:

@@ -682,9 +682,18 @@ def test_queues_shared_with_another_pipeline_go_only_with_the_last_of_them(
     copy = sample("legacy-celery.yaml", broker__deletionPolicy="Delete")
     copy["metadata"]["name"] = "matches-copy"
     pipeline.apply(first)
-    pipeline.apply(copy)
     pipeline.wait_condition("matches", "Ready", "True")
+    pipeline.apply(copy)
     pipeline.wait_condition("matches-copy", "Ready", "True")
+    # The one applied second is told: two pipelines would each size workers to one backlog.
+
+    def shared(name: str) -> list[str]:
+        return [e["message"] for e in pipeline.events(name) if e["reason"] == "QueueShared"]
+
+    wait_for(lambda: shared("matches-copy"), "a QueueShared Event")
+    (warning,) = shared("matches-copy")
+    assert warning.startswith("queue matches is also used by MatchIngestion matches:"), warning
+    assert shared("matches") == []
     pipeline.vhost.publish("matches", "matches", [b"{}"] * 5)
 
     pipeline.kubectl("delete", "matchingestion", "matches", "--wait=true", "--timeout=60s")
