@@ -6,7 +6,8 @@ same rules, and tests/deploy compares them.
 
 {{/* In every namespace served: MatchIngestions, their children, Events. */}}
 {{- define "matchops.rules.pipelines" -}}
-# kopf lists and watches MatchIngestions and patches them (its finalizer and progress).
+# kopf lists and watches MatchIngestions and patches them (its finalizer and progress); the
+# operator lists them to find pipelines that share a queue.
 - apiGroups: [matchops.dev]
   resources: [matchingestions]
   verbs: [get, list, watch, patch]
