@@ -472,6 +472,7 @@ async def _sharers(
 ) -> list[str]:
     """The other MatchIngestions of the namespace that use this one's queues on the same
     broker, except those being deleted."""
+    mine = frozenset(queue.name for queue in topology.queues)
     neighbours = []
     for body in await kube.ingestions(owner.namespace):
         metadata = body.get("metadata") or {}
@@ -479,9 +480,11 @@ async def _sharers(
             continue
         try:
             other = parse_spec(body.get("spec") or {})
-            queues = topology_for(metadata["name"], other.broker).queues
+            queues = frozenset(q.name for q in topology_for(metadata["name"], other.broker).queues)
         except SpecError:
             continue
+        if not mine & queues:
+            continue  # no queue of the same name: its broker does not matter
         ref = other.broker.secret_ref
         endpoint = None
         if ref != spec.broker.secret_ref:
@@ -492,12 +495,11 @@ async def _sharers(
         neighbours.append(
             Neighbour(
                 metadata["name"],
-                frozenset(queue.name for queue in queues),
+                queues,
                 same_secret=ref == spec.broker.secret_ref,
                 endpoint=endpoint,
             )
         )
-    mine = (queue.name for queue in topology.queues)
     return sharers(mine, endpoint_of(access.amqp_url), neighbours)
 
 
