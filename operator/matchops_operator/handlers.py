@@ -6,7 +6,8 @@
 
 A new spec is tried at once; the same spec again (a poll, a retry) only once the backoff of its
 last failure has passed, whichever of them comes first.
-- delete: honour `deletionPolicy` (Delete removes the queues) behind a finalizer.
+- delete: honour `deletionPolicy` (Delete removes the queues) behind a finalizer; what was
+  kept for the resource is dropped once it is gone.
 """
 
 from __future__ import annotations
@@ -68,11 +69,17 @@ def register(
         await reconciler.reconcile(body)
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, id="delete", registry=registry)
-    async def delete(body: kopf.Body, uid: str, **_: Any) -> None:
+    async def delete(body: kopf.Body, **_: Any) -> None:
         outcome = await reconciler.delete(body)
         _retry_later(outcome)
         log.info("%s/%s: %s", body.metadata.namespace, body.metadata.name, outcome.summary)
-        reconciler.forget(uid)
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def gone(event: kopf.RawEvent, uid: str, **_: Any) -> None:
+        # Once its finalizer is released and it is removed; until then kopf may run the
+        # deletion again, and what the first run recorded keeps it from repeating its Events.
+        if event["type"] == "DELETED":
+            reconciler.forget(uid)
 
     @kopf.on.cleanup(registry=registry)
     async def close(**_: Any) -> None:

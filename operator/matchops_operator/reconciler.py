@@ -96,6 +96,9 @@ class _Memory:
     workers: Attempts = field(default_factory=Attempts)
     workers_problem: Problem | None = None
     deleting: Attempts = field(default_factory=Attempts)
+    # The last Event about the deletion: kopf may run the deletion again (while a poll ends),
+    # and the same outcome is not told twice.
+    deletion_event: EventSpec | None = None
 
 
 class Reconciler:
@@ -200,29 +203,41 @@ class Reconciler:
                     "uses them too (they are deleted with the last MatchIngestion that uses "
                     "them, if its deletionPolicy is Delete)"
                 )
-                await self._record(owner, EventSpec("Normal", "QueuesKept", message))
+                await self._record_deletion(
+                    memory, owner, EventSpec("Normal", "QueuesKept", message)
+                )
                 return Outcome(done=message)
             await asyncio.to_thread(broker.delete_topology, access, topology)
         except Exception as exc:
             problem = as_problem(exc)
             if problem.reason in ("SecretNotFound", "SecretKeyNotFound"):
                 message = f"queues {names} kept on the broker: {problem.message}"
-                await self._record(owner, EventSpec("Warning", "QueuesKept", message))
+                await self._record_deletion(
+                    memory, owner, EventSpec("Warning", "QueuesKept", message)
+                )
                 return Outcome(done=message)
             if memory.deleting.failures == 0:
                 message = (
                     f"cannot delete queues {names} (deletionPolicy Delete): {problem.message}; "
                     "retrying; set deletionPolicy: Retain to keep them and let go"
                 )
-                await self._record(owner, EventSpec("Warning", problem.reason, message))
+                await self._record_deletion(
+                    memory, owner, EventSpec("Warning", problem.reason, message)
+                )
             memory.deleting = self._after(memory.deleting, failed=True)
             return Outcome((problem,), memory.deleting.remaining(self._clock()))
         message = f"deletionPolicy Delete: deleted queues {names}"
-        await self._record(owner, EventSpec("Normal", "QueuesDeleted", message))
+        await self._record_deletion(memory, owner, EventSpec("Normal", "QueuesDeleted", message))
         return Outcome(done=message)
 
     async def _record(self, owner: Owner, event: EventSpec) -> None:
         await _record(self._kube, owner, event)
+
+    async def _record_deletion(self, memory: _Memory, owner: Owner, event: EventSpec) -> None:
+        """Record an Event about the deletion, unless it is the one recorded last."""
+        if event != memory.deletion_event:
+            memory.deletion_event = event
+            await self._record(owner, event)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ so each scenario takes seconds.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import re
@@ -29,7 +30,9 @@ from matchops_devenv.namespace import CRD, Namespace, install_crd, sample, wait_
 from matchops_devenv.ports import free_port
 from matchops_devenv.rabbitmq import RabbitMQ
 from matchops_operator.config import OperatorSettings
+from matchops_operator.kube import Kube
 from matchops_operator.main import build, kopf_settings
+from matchops_operator.reconciler import Reconciler
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
@@ -708,6 +711,32 @@ def test_queues_shared_with_another_pipeline_go_only_with_the_last_of_them(
     assert pipeline.queue("matches") is None
     assert pipeline.queue("matches.dlq") is None
     assert pipeline.policy("matchops.matches") is None
+
+
+def test_a_deletion_run_again_tells_its_outcome_once(pipeline: Pipeline) -> None:
+    # kopf runs the deletion handler again when a poll ends after it; no operator runs here,
+    # the reconciler is called twice, as kopf would.
+    pipeline.secrets()
+    for name in ("matches", "matches-copy"):
+        manifest = sample("legacy-celery.yaml", broker__deletionPolicy="Delete")
+        manifest["metadata"]["name"] = name
+        pipeline.apply(manifest)
+    body = pipeline.ingestion("matches")
+    settings = OperatorSettings(namespaces=(pipeline.name,), kubeconfig=pipeline.cluster.kubeconfig)
+
+    async def delete_twice() -> list[str]:
+        kube = Kube.connect(pipeline.cluster.kubeconfig)
+        reconciler = Reconciler(kube, settings)
+        try:
+            return [(await reconciler.delete(body)).summary for _ in range(2)]
+        finally:
+            await reconciler.close()
+
+    first, second = asyncio.run(delete_twice())
+    assert first == second
+    assert "kept on the broker: MatchIngestion matches-copy uses them too" in first, first
+    kept = [e["message"] for e in pipeline.events("matches") if e["reason"] == "QueuesKept"]
+    assert kept == [first]
 
 
 def test_a_poll_in_progress_does_not_hold_up_deletion(
