@@ -111,7 +111,8 @@ def _comment(node_id: str) -> str:
 
 
 def _drop_invalid(node_id: str) -> list[str]:
-    """The rule (after an INPUT interface match) that drops packets tracking finds invalid."""
+    """The match and target of an INPUT rule that drops packets connection tracking finds
+    invalid, commented with the node's id (the host's rule adds the link it applies to)."""
     return [
         "-m",
         "conntrack",

@@ -501,20 +501,14 @@ async def _sharers(
         if not mine & queues:
             continue  # no queue of the same name: its broker does not matter
         ref = other.broker.secret_ref
+        same_secret = ref == spec.broker.secret_ref
         endpoint = None
-        if ref != spec.broker.secret_ref:
+        if not same_secret:
             # A Secret that cannot be read names no broker this pipeline could share.
             with contextlib.suppress(Problem):
                 url = await kube.secret_value(owner.namespace, ref, "a broker URL")
                 endpoint = endpoint_of(url)
-        neighbours.append(
-            Neighbour(
-                metadata["name"],
-                queues,
-                same_secret=ref == spec.broker.secret_ref,
-                endpoint=endpoint,
-            )
-        )
+        neighbours.append(Neighbour(metadata["name"], queues, same_secret, endpoint))
     return sharers(mine, endpoint_of(access.amqp_url), neighbours)
 
 

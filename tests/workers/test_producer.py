@@ -83,7 +83,7 @@ def test_a_dropped_connection_delays_publishing_and_loses_nothing(
 
 
 @pytest.mark.integration
-def test_refused_credentials_fail_at_once(rabbitmq: RabbitMQ, vhost: Vhost) -> None:
+def test_refused_credentials_fail_at_once(vhost: Vhost) -> None:
     url = vhost.url.replace("://matchops:", "://matchops:wrong", 1)
     assert url != vhost.url
     retries: list[BaseException] = []

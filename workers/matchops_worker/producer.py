@@ -92,7 +92,6 @@ class Publisher:
         *,
         retry_for: float = 60.0,
         on_retry: Callable[[BaseException, float], None] = _ignore,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if target.celery_task is not None and target.celery_task not in CELERY_TASKS:
             raise ValueError(
@@ -105,7 +104,6 @@ class Publisher:
         self._topology = topology
         self._retry_for = retry_for
         self._on_retry = on_retry
-        self._sleep = sleep
         self._connection: BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._with_retries(lambda channel: None)
@@ -159,7 +157,7 @@ class Publisher:
                     ) from exc
                 delay = min(backoff.next(), deadline - now)
                 self._on_retry(exc, delay)
-                self._sleep(delay)
+                time.sleep(delay)
                 self.reconnects += 1
 
     def _open(self) -> BlockingChannel:
