@@ -188,13 +188,15 @@ def test_scaled_down_worker_finishes_the_batch_it_holds(
     ns: Namespace, node: Node, vhost: Vhost, database: str
 ) -> None:
     pipeline_secret(ns, node.reachable(vhost.url), node.reachable(database))
-    # A batch closes at 1000 messages or after ten minutes: what the worker receives stays in
-    # hand, unacknowledged and unstored, until something else makes it flush.
+    # A batch closes at 1000 messages, after ten minutes, or when no message has come for ten
+    # minutes: what the worker receives stays in hand, unacknowledged and unstored, until
+    # something else makes it flush.
     settings = {
         "MATCHOPS_QUEUE": QUEUE,
         "MATCHOPS_PREFETCH": "1000",
         "MATCHOPS_BATCH_SIZE": "1000",
         "MATCHOPS_BATCH_WAIT": "10m",
+        "MATCHOPS_BATCH_IDLE": "10m",
     }
     ns.apply(worker_deployment("worker", settings))
     kubectl_until(ns, "rollout", "status", "deployment/worker")

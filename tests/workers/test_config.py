@@ -27,6 +27,7 @@ def test_defaults() -> None:
     assert topology.retry_delays == (10.0, 60.0, 300.0)
     assert topology.dead_letter_queue == "matches.dlq"
     assert (config.prefetch, config.batch_size, config.batch_wait) == (200, 200, 0.2)
+    assert config.batch_idle == 0.01
     assert config.statement_timeout == 30.0
     assert config.metrics_port == 9100
     assert config.logging_level == logging.INFO
@@ -46,6 +47,7 @@ def test_every_variable() -> None:
             "MATCHOPS_PREFETCH": "500",
             "MATCHOPS_BATCH_SIZE": "250",
             "MATCHOPS_BATCH_WAIT": "1s",
+            "MATCHOPS_BATCH_IDLE": "50ms",
             "MATCHOPS_STATEMENT_TIMEOUT": "1m30s",
             "MATCHOPS_METRICS_PORT": "9200",
             "MATCHOPS_LOG_LEVEL": "DEBUG",
@@ -60,6 +62,7 @@ def test_every_variable() -> None:
     assert topology.dead_letter_queue == "u14.dead"
     assert (config.prefetch, config.batch_size, config.batch_limit) == (500, 250, 250)
     assert config.batch_wait == 1.0
+    assert config.batch_idle == 0.05
     assert config.statement_timeout == 90.0
     assert config.metrics_port == 9200
     assert config.logging_level == logging.DEBUG

@@ -31,6 +31,13 @@ FAST = {
     "MATCHOPS_BATCH_WAIT": "50ms",
     "MATCHOPS_LOG_LEVEL": "debug",
 }
+# A batch that only stopping writes: it never fills, and waits a minute however quiet the queue.
+HELD = {
+    "MATCHOPS_BATCH_WAIT": "1m",
+    "MATCHOPS_BATCH_IDLE": "1m",
+    "MATCHOPS_BATCH_SIZE": "500",
+    "MATCHOPS_PREFETCH": "1000",
+}
 OUTCOMES = ("created", "updated", "unchanged", "stale", "superseded", "dead_lettered", "retried")
 
 StartWorker = Callable[..., WorkerProcess]
@@ -177,10 +184,9 @@ def test_invalid_messages_go_to_the_dead_letter_queue_with_the_reason(
 def test_an_invalid_message_between_valid_ones_is_acked_with_their_batch(
     start_worker: StartWorker, vhost: Vhost, database: str
 ) -> None:
-    # The batch neither fills nor runs out of time: only stopping writes it.
-    worker = start_worker(
-        MATCHOPS_BATCH_WAIT="1m", MATCHOPS_BATCH_SIZE="500", MATCHOPS_PREFETCH="1000"
-    )
+    # The batch neither fills, nor runs out of time, nor is written when the queue runs dry:
+    # only stopping writes it.
+    worker = start_worker(**HELD)
     first, second = ({**MATCH, "external_match_id": f"m{i}"} for i in range(2))
     vhost.publish("matches", "matches", [*encode([first]), b"{not json", *encode([second])])
     # The copy is confirmed at once; its original waits to be acked with the valid messages
@@ -412,9 +418,7 @@ def test_redelivery_after_a_crash_is_harmless(
 def test_sigterm_commits_the_batch_in_hand_and_exits_zero(
     start_worker: StartWorker, vhost: Vhost, database: str
 ) -> None:
-    worker = start_worker(
-        MATCHOPS_BATCH_WAIT="1m", MATCHOPS_BATCH_SIZE="500", MATCHOPS_PREFETCH="1000"
-    )
+    worker = start_worker(**HELD)
     messages = [{**MATCH, "external_match_id": f"m{i}"} for i in range(150)]
     vhost.publish("matches", "matches", encode(messages))
     # All 150 delivered and held in an unfinished batch (not full, wait not over).
@@ -427,6 +431,21 @@ def test_sigterm_commits_the_batch_in_hand_and_exits_zero(
     assert match_count(database) == 150
     assert vhost.depth("matches") == 0
     assert '"stopping: consumer cancelled' in worker.log
+
+
+def test_a_batch_is_written_once_the_queue_runs_dry(
+    start_worker: StartWorker, vhost: Vhost, database: str
+) -> None:
+    # Neither full nor out of time: the pause in deliveries, with room in the prefetch window,
+    # tells the worker that nothing more is coming for now.
+    worker = start_worker(
+        MATCHOPS_BATCH_WAIT="1m", MATCHOPS_BATCH_SIZE="500", MATCHOPS_PREFETCH="1000"
+    )
+    messages = [{**MATCH, "external_match_id": f"m{i}"} for i in range(150)]
+    vhost.publish("matches", "matches", encode(messages))
+    wait_until(lambda: match_count(database) == 150, timeout=20, what="150 matches stored")
+    wait_until(lambda: vhost.depth("matches") == 0, what="every message acked")
+    assert handled(worker) == 150
 
 
 def test_sigterm_during_a_slow_write_waits_for_the_commit(

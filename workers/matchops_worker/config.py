@@ -37,6 +37,7 @@ class WorkerConfig:
     prefetch: int = 200
     batch_size: int = 200
     batch_wait: float = 0.2
+    batch_idle: float = 0.01
     statement_timeout: float = 30.0
     metrics_port: int = 9100
     log_level: str = "info"
@@ -100,6 +101,7 @@ def load_config(env: Mapping[str, str] | None = None) -> WorkerConfig:
     prefetch = reader.integer("MATCHOPS_PREFETCH", 200, minimum=1, maximum=65535)
     batch_size = reader.integer("MATCHOPS_BATCH_SIZE", 200, minimum=1, maximum=10000)
     batch_wait = reader.duration("MATCHOPS_BATCH_WAIT", "200ms")
+    batch_idle = reader.duration("MATCHOPS_BATCH_IDLE", "10ms")
     # PostgreSQL reads a statement_timeout of 0 as no limit at all.
     statement_timeout = reader.duration("MATCHOPS_STATEMENT_TIMEOUT", "30s", minimum=0.001)
     metrics_port = reader.integer("MATCHOPS_METRICS_PORT", 9100, minimum=0, maximum=65535)
@@ -114,6 +116,7 @@ def load_config(env: Mapping[str, str] | None = None) -> WorkerConfig:
         prefetch=prefetch,
         batch_size=batch_size,
         batch_wait=batch_wait,
+        batch_idle=batch_idle,
         statement_timeout=statement_timeout,
         metrics_port=metrics_port,
         log_level=log_level,

@@ -158,6 +158,7 @@ class Worker:
         self._confirmed: list[int] = []
         self._dead_letters: DeadLetterChannel | None = None
         self._batch_deadline = 0.0
+        self._last_delivery = 0.0
         self._in_flight: Future[list[Result]] | None = None
         self._flushing: list[Delivery] = []
         self._flush_started = 0.0
@@ -292,6 +293,7 @@ class Worker:
             parsed=parsed,
             attempts=attempts_of(properties.headers),
         )
+        self._last_delivery = time.monotonic()
         if isinstance(parsed, Rejection):
             self._rejected.append(delivery)
             return
@@ -303,7 +305,8 @@ class Worker:
         if self._in_flight is not None or self._probe is not None:
             return IDLE_POLL  # the store thread wakes the loop when it is done
         if self._pending and self.health.database:
-            return max(0.0, min(IDLE_POLL, self._batch_deadline - time.monotonic()))
+            due = min(self._batch_deadline, self._last_delivery + self.config.batch_idle)
+            return max(0.0, min(IDLE_POLL, due - time.monotonic()))
         return IDLE_POLL
 
     def _batch_due(self) -> bool:
@@ -313,10 +316,15 @@ class Worker:
         # in, a batch is due once its half of the window is used up, rather than waiting for
         # the broker's next delivery while the store has nothing to do.
         invalid = len(self._outgoing) + len(self._confirmed)
+        now = time.monotonic()
         return (
             len(self._pending) + invalid >= self.config.batch_limit
-            or time.monotonic() >= self._batch_deadline
+            or now >= self._batch_deadline
             or self._stopping
+            # A pause in deliveries: the broker sends at once whatever the queue holds and
+            # the window allows, and a window too full to allow more holds a full batch
+            # already. So the queue has run dry, and waiting longer only delays the batch.
+            or now - self._last_delivery >= self.config.batch_idle
         )
 
     # --- invalid messages -----------------------------------------------------------------

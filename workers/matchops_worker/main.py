@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -109,6 +110,11 @@ def run_worker(config: WorkerConfig) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # What start-up built (modules, models, the connections' machinery) lives as long as the
+    # process: frozen, the collector's full passes leave it alone. Otherwise each of them holds
+    # the interpreter, the consuming and the writing thread alike, for some 15 ms every few
+    # thousand messages.
+    gc.freeze()
     try:
         worker.run()
     except Exception:
