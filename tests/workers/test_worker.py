@@ -7,12 +7,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pika
 import psycopg
 import pytest
 from celery import Celery
-from matchops_devenv.broker_tools import Vhost
+from matchops_devenv.broker_tools import Vhost, publish_in_transactions
 from matchops_devenv.postgres import PostgreSQL
 from matchops_devenv.rabbitmq import RabbitMQ
 from matchops_devenv.worker import WorkerProcess, worker_command
@@ -237,6 +238,42 @@ def test_invalid_messages_in_a_stream_are_all_acked(
     assert len(vhost.take("matches.dlq")) == 31
     # Acked, every one: stopped, the worker hands nothing back to the queue.
     assert worker.stop(timeout=20) == 0
+    assert vhost.depth("matches") == 0
+
+
+def unacked(rabbitmq: RabbitMQ, vhost: Vhost, queue: str) -> int:
+    with rabbitmq.management() as api:
+        found = api.get(f"/queues/{quote(vhost.name, safe='')}/{queue}").raise_for_status()
+        return int(found.json().get("messages_unacknowledged", -1))
+
+
+def test_a_batch_stored_before_an_earlier_copy_is_confirmed_is_acked_once_it_is(
+    start_worker: StartWorker, rabbitmq: RabbitMQ, vhost: Vhost, database: str
+) -> None:
+    # Each batch of ten closes on the valid message right after an invalid one, whose
+    # dead-letter copy may still be on its way while the batch is written (a classic queue
+    # confirms a persistent message once its store has synced it to disk): such a batch's ack
+    # waits for that copy's confirm, then covers both. Of a hundred batches, some do.
+    worker = start_worker(
+        MATCHOPS_QUEUE_TYPE="classic",
+        MATCHOPS_BATCH_SIZE="10",
+        MATCHOPS_PREFETCH="20",
+        MATCHOPS_BATCH_IDLE="1m",
+    )
+    stream: list[bytes] = []
+    for batch in range(100):
+        ids = [f"m{batch}-{i}" for i in range(9)]
+        stream += encode([{**MATCH, "external_match_id": i} for i in ids[:8]])
+        stream += [b"{not json", *encode([{**MATCH, "external_match_id": ids[8]}])]
+    properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
+    with vhost.channel() as channel:
+        publish_in_transactions(channel, "matches", "matches", ((b, properties) for b in stream))
+    wait_handled(worker, len(stream))
+    assert match_count(database) == 900
+    assert len(vhost.take("matches.dlq")) == 100
+    assert "its ack waits for a dead-letter copy's confirm" in worker.service.log_path.read_text()
+    # Every message acked while the worker still runs: none waits for a confirm that came.
+    wait_until(lambda: unacked(rabbitmq, vhost, "matches") == 0, what="no message unacked")
     assert vhost.depth("matches") == 0
 
 

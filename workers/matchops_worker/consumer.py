@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -156,6 +157,9 @@ class Worker:
         self._outgoing: deque[tuple[Delivery, Future[None]]] = deque()
         # Invalid messages whose copies are confirmed, left for the next batch's multiple-ack.
         self._confirmed: list[int] = []
+        # Stored batches' messages not yet acked: a copy of an invalid message before them
+        # was still on its way when their batch committed.
+        self._held: list[int] = []
         self._dead_letters: DeadLetterChannel | None = None
         self._batch_deadline = 0.0
         self._last_delivery = 0.0
@@ -263,7 +267,7 @@ class Worker:
                 and self._probe is None
                 and (not self._pending or not self.health.database)
             ):
-                self._ack_confirmed(consume)
+                self._ack_remaining(consume)
                 if broker_cancelled and not self._stopping:
                     raise ConsumerCancelled(
                         f"the broker cancelled the consumer of {self.topology.queue!r}"
@@ -351,29 +355,57 @@ class Worker:
 
         Each is acked by the multiple-ack of the batch that holds later messages, when there
         is one: in a quorum queue every ack is an entry in the queue's log, so acking it alone
-        costs the broker about as much as the copy itself.
+        costs the broker about as much as the copy itself. A stored batch held back by these
+        copies is acked as soon as they are confirmed.
         """
+        confirmed = False
         while self._outgoing and self._outgoing[0][1].done():
             delivery, future = self._outgoing.popleft()
             future.result()  # a failed copy ends the session: the message is redelivered
-            if self._latest_valid_tag() > delivery.tag:
-                self._confirmed.append(delivery.tag)
-            else:
-                consume.basic_ack(delivery.tag)
+            self._confirmed.append(delivery.tag)
+            confirmed = True
             assert isinstance(delivery.parsed, Rejection)
             self.metrics.dead_letters.labels(delivery.parsed.reason).inc()
             self.metrics.messages.labels("dead_lettered").inc()
+        if confirmed and (self._held or self._latest_valid_tag() < self._confirmed[-1]):
+            self._ack_settled(consume)
 
     def _latest_valid_tag(self) -> int:
         """The delivery tag of the newest valid message not yet acked (0: none)."""
         newest = self._pending or self._flushing
         return newest[-1].tag if newest else 0
 
-    def _ack_confirmed(self, consume: BlockingChannel) -> None:
-        """Ack, one by one, the invalid messages left waiting for a batch's ack."""
-        for tag in self._confirmed:
+    def _ack_settled(self, consume: BlockingChannel) -> None:
+        """Ack, in one multiple-ack, every settled message before the first unsettled one.
+
+        Settled: stored (or sent to a retry queue), or invalid with its copy confirmed.
+        Unsettled: pending, being written, or invalid with its copy still on its way. A
+        multiple-ack covers every unacked message up to its tag, so it stops before the first
+        unsettled message; settled ones after it wait for the next ack.
+        """
+        boundary = self._first_unsettled_tag()
+        ready = [tag for tag in (*self._confirmed, *self._held) if tag < boundary]
+        if not ready:
+            return
+        consume.basic_ack(max(ready), multiple=True)
+        self._confirmed = [tag for tag in self._confirmed if tag > boundary]
+        self._held = [tag for tag in self._held if tag > boundary]
+
+    def _first_unsettled_tag(self) -> float:
+        firsts = [
+            queue[0].tag for queue in (self._rejected, self._pending, self._flushing) if queue
+        ]
+        if self._outgoing:
+            firsts.append(self._outgoing[0][0].tag)
+        return min(firsts, default=math.inf)
+
+    def _ack_remaining(self, consume: BlockingChannel) -> None:
+        """On leaving: ack what is settled; one by one what lies past held valid messages."""
+        self._ack_settled(consume)
+        for tag in sorted([*self._confirmed, *self._held]):
             consume.basic_ack(tag)
         self._confirmed.clear()
+        self._held.clear()
 
     def _dead_letter(
         self, publish: BlockingChannel, delivery: Delivery, reason: str, error: str
@@ -450,17 +482,16 @@ class Worker:
             self._ack_batch(consume, batch)
 
     def _ack_batch(self, consume: BlockingChannel, batch: list[Delivery]) -> None:
+        self._held.extend(delivery.tag for delivery in batch)
         self._settle_dead_letters(consume)
-        last = batch[-1].tag
-        covered = [tag for tag in self._confirmed if tag < last]
-        self._confirmed = [tag for tag in self._confirmed if tag > last]
-        if self._outgoing and self._outgoing[0][0].tag < last:
-            # An earlier invalid message's copy is still on its way: a multiple ack would
-            # cover that message too.
-            for tag in [*covered, *(delivery.tag for delivery in batch)]:
-                consume.basic_ack(tag)
-        else:
-            consume.basic_ack(last, multiple=True)
+        # With an earlier invalid message's copy still on its way, the messages after it wait
+        # for its confirm: one multiple-ack then, rather than an ack for each now.
+        self._ack_settled(consume)
+        if self._held:
+            log.debug(
+                "batch stored; its ack waits for a dead-letter copy's confirm",
+                extra={"messages": len(self._held)},
+            )
 
     def _retry(self, publish: BlockingChannel, batch: list[Delivery], error: str) -> None:
         """Send messages the database could not take now through the retry queues."""
@@ -552,6 +583,7 @@ class Worker:
             self._dead_letters = None
         self._outgoing.clear()
         self._confirmed = []
+        self._held = []
         self._in_flight = None
         self._probe = None
         self._pending = []
