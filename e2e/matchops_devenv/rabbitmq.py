@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -150,6 +151,17 @@ class RabbitMQ(LocalServer):
             response = api.delete(f"/users/{quote(name, safe='')}")
             if response.status_code != 404:
                 response.raise_for_status()
+
+    def queue_info(self, vhost: str, queue: str) -> dict[str, Any] | None:
+        """The management API's view of a queue (statistics, policy, arguments); None when
+        the queue does not exist."""
+        with self.management() as api:
+            response = api.get(f"/queues/{quote(vhost, safe='')}/{quote(queue, safe='')}")
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        found: dict[str, Any] = response.json()
+        return found
 
     def delete_vhost(self, name: str) -> None:
         with self.management() as api:

@@ -58,13 +58,7 @@ class Pipeline(Namespace):
         return replicas
 
     def queue(self, queue: str) -> dict[str, Any] | None:
-        with self.rabbitmq.management() as api:
-            response = api.get(f"/queues/{quote(self.vhost.name, safe='')}/{quote(queue, safe='')}")
-        if response.status_code == 404:
-            return None
-        response.raise_for_status()
-        found: dict[str, Any] = response.json()
-        return found
+        return self.rabbitmq.queue_info(self.vhost.name, queue)
 
     def bindings(self, queue: str) -> set[str]:
         """Routing keys binding `queue` to the exchange of the same name."""

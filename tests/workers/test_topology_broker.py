@@ -147,12 +147,10 @@ def put_policies(rabbitmq: RabbitMQ, vhost: Vhost, queue_type: str) -> None:
 
 def wait_for_policy(rabbitmq: RabbitMQ, vhost: Vhost, queue: str) -> None:
     deadline = time.monotonic() + 30
-    with rabbitmq.management() as api:
-        while time.monotonic() < deadline:
-            info = api.get(f"/queues/{quote(vhost.name, safe='')}/{queue}").json()
-            if info.get("policy"):
-                return
-            time.sleep(0.2)
+    while time.monotonic() < deadline:
+        if (rabbitmq.queue_info(vhost.name, queue) or {}).get("policy"):
+            return
+        time.sleep(0.2)
     raise AssertionError(f"policy not applied to {queue}")
 
 

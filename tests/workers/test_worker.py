@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pika
 import psycopg
@@ -242,9 +241,9 @@ def test_invalid_messages_in_a_stream_are_all_acked(
 
 
 def unacked(rabbitmq: RabbitMQ, vhost: Vhost, queue: str) -> int:
-    with rabbitmq.management() as api:
-        found = api.get(f"/queues/{quote(vhost.name, safe='')}/{queue}").raise_for_status()
-        return int(found.json().get("messages_unacknowledged", -1))
+    """Messages delivered and not yet acked (-1 until the broker has counted them)."""
+    info = rabbitmq.queue_info(vhost.name, queue) or {}
+    return int(info.get("messages_unacknowledged", -1))
 
 
 def test_a_batch_stored_before_an_earlier_copy_is_confirmed_is_acked_once_it_is(
