@@ -23,6 +23,29 @@ QueueType = Literal["quorum", "classic"]
 DeletionPolicy = Literal["Retain", "Delete"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
+# The worker variables the operator sets from the spec; `workers.env` cannot set them (the
+# CRD's rule on workers.env names the same ones).
+OPERATOR_WORKER_ENV = frozenset(
+    {
+        "MATCHOPS_AMQP_URL",
+        "MATCHOPS_DATABASE_DSN",
+        "MATCHOPS_QUEUE",
+        "MATCHOPS_EXCHANGE",
+        "MATCHOPS_ROUTING_KEYS",
+        "MATCHOPS_QUEUE_TYPE",
+        "MATCHOPS_RETRY_DELAYS",
+        "MATCHOPS_DEAD_LETTER_QUEUE",
+        "MATCHOPS_PREFETCH",
+        "MATCHOPS_BATCH_SIZE",
+        "MATCHOPS_BATCH_WAIT",
+        "MATCHOPS_LOG_LEVEL",
+        "MATCHOPS_METRICS_PORT",
+        "MATCHOPS_DECLARE_TOPOLOGY",
+    }
+)
+# The worker's default statement timeout: how long it lets one batch's transaction run.
+WORKER_STATEMENT_TIMEOUT = "30s"
+
 
 class SpecError(ValueError):
     """A spec the operator cannot work with (the API server's schema normally refuses these)."""
@@ -107,6 +130,7 @@ class WorkersSpec(_Model):
     batch_size: int = Field(default=200, ge=1, le=10000)
     batch_wait: str = "200ms"
     log_level: LogLevel = "info"
+    env: tuple[dict[str, Any], ...] = ()
     resources: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("batch_wait")
@@ -115,9 +139,31 @@ class WorkersSpec(_Model):
         parse_duration(value)
         return value
 
+    @field_validator("env")
+    @classmethod
+    def _not_operator_set(cls, env: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+        taken = sorted({str(var.get("name")) for var in env} & OPERATOR_WORKER_ENV)
+        if taken:
+            raise ValueError(f"sets {', '.join(taken)}, which the operator sets from the spec")
+        return env
+
     @property
     def batch_wait_seconds(self) -> float:
         return parse_duration(self.batch_wait)
+
+    @property
+    def statement_timeout_seconds(self) -> float:
+        """The workers' statement timeout: MATCHOPS_STATEMENT_TIMEOUT from `env`, else 30s.
+
+        A value from a Secret or ConfigMap cannot be read here: the default counts then.
+        """
+        for var in self.env:
+            if var.get("name") == "MATCHOPS_STATEMENT_TIMEOUT" and var.get("value"):
+                try:
+                    return parse_duration(str(var["value"]))
+                except ValueError:
+                    break  # the worker refuses it at start-up, with its own message
+        return parse_duration(WORKER_STATEMENT_TIMEOUT)
 
 
 class DatabaseSpec(_Model):

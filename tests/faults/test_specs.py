@@ -206,6 +206,12 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
         'spec.scraper.env[1]: Duplicate value: {"name":"A"}',
     ),
     (
+        "workers env setting the queue",
+        sample(MINIMAL, workers__env=[{"name": "MATCHOPS_QUEUE", "value": "other"}]),
+        'spec.workers.env[0].name: Invalid value: "MATCHOPS_QUEUE": workers.env must not set '
+        "MATCHOPS_QUEUE: the operator sets it from the spec",
+    ),
+    (
         "suspend as text",
         sample(MINIMAL, scraper__suspend="maybe"),
         "spec.scraper.suspend in body must be of type boolean",

@@ -11,7 +11,14 @@ from typing import Any, Literal, get_args, get_origin
 import annotated_types
 import pytest
 import yaml
-from matchops_operator.spec import GROUP, KIND, PLURAL, VERSION, MatchIngestionSpec
+from matchops_operator.spec import (
+    GROUP,
+    KIND,
+    OPERATOR_WORKER_ENV,
+    PLURAL,
+    VERSION,
+    MatchIngestionSpec,
+)
 from matchops_worker.durations import DURATION_PATTERN
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
@@ -178,9 +185,17 @@ def test_every_spec_field_is_described(schema: dict[str, Any]) -> None:
 
     def walk(node: dict[str, Any], path: str) -> None:
         for name, prop in (node.get("properties") or {}).items():
-            if path == "spec.scraper.env" or path.endswith("resources"):
+            if path.endswith((".env", "resources")):
                 continue
             assert prop.get("description"), f"{path}.{name} has no description"
             walk(prop, f"{path}.{name}")
 
     walk(schema["properties"]["spec"], "spec")
+
+
+def test_workers_env_refuses_what_the_operator_sets(schema: dict[str, Any]) -> None:
+    env = schema["properties"]["spec"]["properties"]["workers"]["properties"]["env"]
+    (rule,) = env["items"]["properties"]["name"]["x-kubernetes-validations"]
+    assert set(re.findall(r"'(MATCHOPS_[A-Z_]+)'", rule["rule"])) == OPERATOR_WORKER_ENV
+    # A rule over a list needs a bound for the API server to accept its cost.
+    assert env["maxItems"] <= 100

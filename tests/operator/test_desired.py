@@ -9,7 +9,12 @@ from matchops_operator.desired.common import Owner
 from matchops_operator.desired.scraper import scraper_cronjob
 from matchops_operator.desired.topology import stale_bindings, topology_for
 from matchops_operator.desired.workers import grace_period_seconds, worker_deployment
-from matchops_operator.spec import MatchIngestionSpec, SpecError, parse_spec
+from matchops_operator.spec import (
+    OPERATOR_WORKER_ENV,
+    MatchIngestionSpec,
+    SpecError,
+    parse_spec,
+)
 from matchops_operator.status import topology_status
 from matchops_worker.topology import Binding, build_topology
 
@@ -221,11 +226,62 @@ def test_every_container_runs_restricted(spec: MatchIngestionSpec) -> None:
 
 
 def test_grace_period_covers_filling_and_committing_a_batch(spec: MatchIngestionSpec) -> None:
-    assert grace_period_seconds(spec) == 32  # 30 s to commit + the 2 s batch wait
+    # The 2 s batch wait, the 30 s statement timeout, 5 s to acknowledge and exit.
+    assert grace_period_seconds(spec) == 37
     deployment = worker_deployment(
         OWNER, spec, topology_for(OWNER.name, spec.broker), image="i", replicas=1
     )
-    assert deployment.spec.template.spec.terminationGracePeriodSeconds == 32  # type: ignore[union-attr]
+    assert deployment.spec.template.spec.terminationGracePeriodSeconds == 37  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("timeout", "grace"),
+    [
+        ({"value": "2m"}, 127),
+        ({"value": "500ms"}, 8),
+        # Unknown to the operator: the worker's default counts.
+        ({"valueFrom": {"configMapKeyRef": {"name": "tuning", "key": "timeout"}}}, 37),
+        # Refused by the worker at start-up, with its own message.
+        ({"value": "soon"}, 37),
+    ],
+)
+def test_grace_period_follows_the_workers_statement_timeout(
+    timeout: dict[str, Any], grace: int
+) -> None:
+    workers = {**SPEC["workers"], "env": [{"name": "MATCHOPS_STATEMENT_TIMEOUT", **timeout}]}
+    assert grace_period_seconds(parse_spec({**SPEC, "workers": workers})) == grace
+
+
+def test_workers_env_is_added_to_the_operators() -> None:
+    extra = [
+        {"name": "MATCHOPS_STATEMENT_TIMEOUT", "value": "1m"},
+        {
+            "name": "MATCHOPS_LOG_FORMAT",
+            "valueFrom": {"configMapKeyRef": {"name": "t", "key": "f"}},
+        },
+    ]
+    spec = parse_spec({**SPEC, "workers": {**SPEC["workers"], "env": extra}})
+    deployment = worker_deployment(
+        OWNER, spec, topology_for(OWNER.name, spec.broker), image="i", replicas=1
+    )
+    (worker,) = deployment.spec.template.spec.containers  # type: ignore[union-attr]
+    names = [var.name for var in worker.env]
+    assert names[-2:] == ["MATCHOPS_STATEMENT_TIMEOUT", "MATCHOPS_LOG_FORMAT"]
+    assert len(names) == len(set(names))
+    env = env_of(worker)
+    assert env["MATCHOPS_STATEMENT_TIMEOUT"].value == "1m"
+    assert env["MATCHOPS_LOG_FORMAT"].valueFrom.configMapKeyRef.name == "t"
+    assert env["MATCHOPS_QUEUE"].value == "matches"
+
+
+def test_the_operator_sets_exactly_the_variables_workers_env_cannot(
+    spec: MatchIngestionSpec,
+) -> None:
+    deployment = worker_deployment(
+        OWNER, spec, topology_for(OWNER.name, spec.broker), image="i", replicas=1
+    )
+    (worker,) = deployment.spec.template.spec.containers  # type: ignore[union-attr]
+    assert {var.name for var in worker.env} == OPERATOR_WORKER_ENV
 
 
 def test_topology_defaults_follow_the_resource_name() -> None:

@@ -55,6 +55,10 @@ def test_unknown_fields_from_a_newer_crd_are_ignored() -> None:
             {"workers": {"minReplicas": 5, "maxReplicas": 2}},
             "spec.workers.minReplicas (5) must not exceed spec.workers.maxReplicas (2)",
         ),
+        (
+            {"workers": {"env": [{"name": "MATCHOPS_QUEUE", "value": "other"}]}},
+            "spec.workers.env: Value error, sets MATCHOPS_QUEUE, which the operator sets",
+        ),
     ],
 )
 def test_errors_name_the_field(change: dict[str, object], message: str) -> None:

@@ -23,6 +23,7 @@ from matchops_operator.desired.common import (
     PullPolicy,
     container_security,
     labels,
+    merge_env,
     metadata,
     plain_env,
     pod_security,
@@ -41,9 +42,9 @@ METRICS_PORT_NAME = "metrics"
 # The worker's image runs as any uid; a fixed non-root one lets runAsNonRoot be verified.
 RUN_AS = 65532
 # On SIGTERM a worker stops consuming, then stores and acknowledges the batch in hand: the
-# batch may still be filling (batchWait) and its transaction needs time to commit, even when
-# the database is slow.
-BATCH_COMMIT_ALLOWANCE_SECONDS = 30
+# batch may still be filling (batchWait) and its transaction may run up to the statement
+# timeout, plus a few seconds to acknowledge it and exit.
+EXIT_ALLOWANCE_SECONDS = 5
 REVISIONS_KEPT = 3
 
 
@@ -63,6 +64,7 @@ def worker_deployment(
         secret_env("MATCHOPS_DATABASE_DSN", spec.database.secret_ref),
         *plain_env(worker_settings(spec, topology)),
     ]
+    env = merge_env(env, workers.env)
     security = container_security()
     migrate = Container(
         name=MIGRATE_CONTAINER,
@@ -137,7 +139,10 @@ def worker_settings(spec: MatchIngestionSpec, topology: Topology) -> dict[str, s
 
 def grace_period_seconds(spec: MatchIngestionSpec) -> int:
     """Time for a terminating worker to fill, store and acknowledge its last batch."""
-    return BATCH_COMMIT_ALLOWANCE_SECONDS + math.ceil(spec.workers.batch_wait_seconds)
+    workers = spec.workers
+    return EXIT_ALLOWANCE_SECONDS + math.ceil(
+        workers.batch_wait_seconds + workers.statement_timeout_seconds
+    )
 
 
 def _probe(path: str, *, period: int, failures: int) -> Probe:
