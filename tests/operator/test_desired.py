@@ -179,6 +179,8 @@ def test_worker_configuration_is_what_the_worker_reads(spec: MatchIngestionSpec)
     assert config.topology == topology
     assert (config.prefetch, config.batch_size, config.batch_wait) == (300, 250, 2.0)
     assert config.declare_topology is False
+    # The grace period counts on the worker's own statement timeout.
+    assert config.statement_timeout == spec.workers.statement_timeout_seconds
 
 
 def test_migration_runs_first_with_only_the_database_secret(spec: MatchIngestionSpec) -> None:
@@ -256,7 +258,7 @@ def test_workers_env_is_added_to_the_operators() -> None:
     extra = [
         {"name": "MATCHOPS_STATEMENT_TIMEOUT", "value": "1m"},
         {
-            "name": "MATCHOPS_LOG_FORMAT",
+            "name": "PGSSLMODE",
             "valueFrom": {"configMapKeyRef": {"name": "t", "key": "f"}},
         },
     ]
@@ -266,12 +268,19 @@ def test_workers_env_is_added_to_the_operators() -> None:
     )
     (worker,) = deployment.spec.template.spec.containers  # type: ignore[union-attr]
     names = [var.name for var in worker.env]
-    assert names[-2:] == ["MATCHOPS_STATEMENT_TIMEOUT", "MATCHOPS_LOG_FORMAT"]
+    assert names[-2:] == ["MATCHOPS_STATEMENT_TIMEOUT", "PGSSLMODE"]
     assert len(names) == len(set(names))
     env = env_of(worker)
     assert env["MATCHOPS_STATEMENT_TIMEOUT"].value == "1m"
-    assert env["MATCHOPS_LOG_FORMAT"].valueFrom.configMapKeyRef.name == "t"
+    assert env["PGSSLMODE"].valueFrom.configMapKeyRef.name == "t"
     assert env["MATCHOPS_QUEUE"].value == "matches"
+    (migrate,) = deployment.spec.template.spec.initContainers  # type: ignore[union-attr]
+    assert [var.name for var in migrate.env] == [
+        "MATCHOPS_DATABASE_DSN",
+        "MATCHOPS_LOG_LEVEL",
+        "MATCHOPS_STATEMENT_TIMEOUT",
+        "PGSSLMODE",
+    ]
 
 
 def test_the_operator_sets_exactly_the_variables_workers_env_cannot(

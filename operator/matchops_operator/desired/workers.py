@@ -72,10 +72,14 @@ def worker_deployment(
         imagePullPolicy=pull_policy,
         # Safe when many pods start at once: the migration takes an advisory lock.
         command=["matchops-worker", "migrate"],
-        env=[
-            secret_env("MATCHOPS_DATABASE_DSN", spec.database.secret_ref),
-            *plain_env({"MATCHOPS_LOG_LEVEL": workers.log_level}),
-        ],
+        # The user's variables too: libpq reads PGSSLMODE, PGSSLROOTCERT and the like.
+        env=merge_env(
+            [
+                secret_env("MATCHOPS_DATABASE_DSN", spec.database.secret_ref),
+                *plain_env({"MATCHOPS_LOG_LEVEL": workers.log_level}),
+            ],
+            workers.env,
+        ),
         resources=resources(workers.resources),
         securityContext=security,
         volumeMounts=[tmp_mount()],
