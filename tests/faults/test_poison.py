@@ -41,7 +41,7 @@ WORKERS = 2
 # Clean and poisoned drains alternate, a fresh pipeline each: the machine's own pace moves
 # both drains of a pair alike, so the pair's ratio shows the poison's cost; the median of the
 # pairs keeps one slow moment from deciding the figure.
-PAIRS = 3
+PAIRS = 5
 
 
 @pytest.fixture
