@@ -27,7 +27,7 @@ from matchops_operator.config import OperatorSettings
 from matchops_operator.desired.common import Owner, child_name
 from matchops_operator.desired.scraper import scraper_cronjob
 from matchops_operator.desired.topology import stale_bindings, topology_for
-from matchops_operator.desired.workers import worker_deployment
+from matchops_operator.desired.workers import settings_error, worker_deployment
 from matchops_operator.kube import Kube
 from matchops_operator.plans import WorkersPlan, created_event, plan_workers
 from matchops_operator.problems import Problem, as_problem, stalled
@@ -408,6 +408,10 @@ class _Run:
                 replicas=planned.decision.replicas,
                 pull_policy=self.settings.image_pull_policy,
             )
+            refused = settings_error(desired)
+            if refused is not None:
+                # Applied, it would replace running workers with pods that cannot start.
+                raise stalled("InvalidWorkerSettings", f"spec.workers.env: {refused}")
             applied = await self.kube.apply(desired, existing, self.owner)
         except Exception as exc:
             self.workers_problem = as_problem(exc)

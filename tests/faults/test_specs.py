@@ -339,6 +339,14 @@ def detected_cases(namespace: str, vhost: Vhost, rabbitmq: RabbitMQ) -> list[Det
             "(PRECONDITION_FAILED - inequivalent arg 'x-max-length'",
         ),
         Detected(
+            "worker-setting",
+            spec={"workers__env": [{"name": "MATCHOPS_STATEMENT_TIMEOUT", "value": "soon"}]},
+            condition="WorkersReady",
+            reason="InvalidWorkerSettings",
+            message="spec.workers.env: invalid worker configuration: MATCHOPS_STATEMENT_TIMEOUT: "
+            "invalid duration 'soon'",
+        ),
+        Detected(
             "time-zone",
             spec={"scraper__timeZone": "Mars/Olympus"},
             condition="ScraperReady",

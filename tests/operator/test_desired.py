@@ -8,7 +8,11 @@ import pytest
 from matchops_operator.desired.common import Owner
 from matchops_operator.desired.scraper import scraper_cronjob
 from matchops_operator.desired.topology import stale_bindings, topology_for
-from matchops_operator.desired.workers import grace_period_seconds, worker_deployment
+from matchops_operator.desired.workers import (
+    grace_period_seconds,
+    settings_error,
+    worker_deployment,
+)
 from matchops_operator.spec import (
     OPERATOR_WORKER_ENV,
     MatchIngestionSpec,
@@ -281,6 +285,46 @@ def test_workers_env_is_added_to_the_operators() -> None:
         "MATCHOPS_STATEMENT_TIMEOUT",
         "PGSSLMODE",
     ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "error"),
+    [
+        ([], None),
+        ([{"name": "MATCHOPS_STATEMENT_TIMEOUT", "value": "2m"}], None),
+        # Read at start-up by the worker, which reports it there.
+        (
+            [
+                {
+                    "name": "MATCHOPS_BATCH_IDLE",
+                    "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}},
+                }
+            ],
+            None,
+        ),
+        (
+            [{"name": "MATCHOPS_STATEMENT_TIMEOUT", "value": "soon"}],
+            "invalid worker configuration: MATCHOPS_STATEMENT_TIMEOUT: invalid duration 'soon'",
+        ),
+        (
+            [{"name": "MATCHOPS_BATCH_IDLE", "value": "-1s"}],
+            "invalid worker configuration: MATCHOPS_BATCH_IDLE",
+        ),
+    ],
+)
+def test_settings_the_worker_would_refuse_are_found_before_applying(
+    extra: list[dict[str, Any]], error: str | None
+) -> None:
+    spec = parse_spec({**SPEC, "workers": {**SPEC["workers"], "env": extra}})
+    deployment = worker_deployment(
+        OWNER, spec, topology_for(OWNER.name, spec.broker), image="i", replicas=1
+    )
+    found = settings_error(deployment)
+    if error is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert found.startswith(error)
 
 
 def test_the_operator_sets_exactly_the_variables_workers_env_cannot(

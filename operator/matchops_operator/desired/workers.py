@@ -15,6 +15,7 @@ from lightkube.models.core_v1 import (
 )
 from lightkube.models.meta_v1 import LabelSelector, ObjectMeta
 from lightkube.resources.apps_v1 import Deployment
+from matchops_worker.config import ConfigError, load_config
 from matchops_worker.durations import format_duration
 from matchops_worker.topology import Topology
 
@@ -139,6 +140,30 @@ def worker_settings(spec: MatchIngestionSpec, topology: Topology) -> dict[str, s
         # The operator declares the topology (and repairs it); workers only consume.
         "MATCHOPS_DECLARE_TOPOLOGY": "false",
     }
+
+
+def settings_error(deployment: Deployment) -> str | None:
+    """Why the worker would refuse to start with the Deployment's settings, or None.
+
+    Checks what the operator can read: every variable with a literal value, `workers.env`'s
+    included. Variables read from Secrets or ConfigMaps are the worker's to check at start-up.
+    """
+    assert deployment.spec is not None
+    assert deployment.spec.template.spec is not None
+    (worker,) = deployment.spec.template.spec.containers
+    env = {
+        var.name: var.value if var.value is not None else "from-a-secret"
+        for var in worker.env or []
+        if var.value is not None or var.name in _FROM_SECRETS
+    }
+    try:
+        load_config(env)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+_FROM_SECRETS = frozenset({"MATCHOPS_AMQP_URL", "MATCHOPS_DATABASE_DSN"})
 
 
 def grace_period_seconds(spec: MatchIngestionSpec) -> int:
