@@ -1,4 +1,5 @@
-"""`matchops`: the producer command line (publish files of matches, generate a sample season)."""
+"""`matchops`: the producer command line (publish files of matches, generate a sample season,
+replay dead letters)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pika.exceptions
 
-from matchops_worker.config import comma_list, load_producer_config
+from matchops_worker.config import ProducerConfig, comma_list, load_producer_config
 from matchops_worker.contract import (
     CELERY_TASKS,
     MatchReport,
@@ -20,6 +21,7 @@ from matchops_worker.contract import (
     parse_message,
 )
 from matchops_worker.producer import Publisher, PublishError, Target, read_messages
+from matchops_worker.replay import open_channel, replay
 from matchops_worker.sample import SeasonPlan, invalid_messages, mixed_stream, season_reports
 
 
@@ -59,6 +61,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     sample.add_argument("--seed", type=int, default=2025)
     _broker_options(sample)
     sample.set_defaults(run=_sample_season)
+
+    replay = commands.add_parser(
+        "replay",
+        help="send dead letters back to where they were published, once their cause is fixed",
+    )
+    replay.add_argument(
+        "--reason",
+        action="append",
+        default=[],
+        metavar="REASON",
+        help="replay only dead letters with this x-matchops-reason (repeatable; default: all)",
+    )
+    replay.add_argument(
+        "--limit", type=int, metavar="N", help="replay at most N messages (default: all)"
+    )
+    replay.add_argument("--url", help="AMQP URL (default: $MATCHOPS_AMQP_URL)")
+    replay.add_argument(
+        "--queue", help="the pipeline's queue (default: $MATCHOPS_QUEUE, else matches)"
+    )
+    replay.add_argument(
+        "--dead-letter-queue",
+        help="the dead-letter queue (default: $MATCHOPS_DEAD_LETTER_QUEUE, else <queue>.dlq)",
+    )
+    replay.set_defaults(run=_replay)
 
     schema = commands.add_parser(
         "schema", help="print the JSON Schema of a match message (workers/schema/ holds a copy)"
@@ -148,22 +174,27 @@ def _sample_season(args: argparse.Namespace) -> int:
     return 0
 
 
-def _send(args: argparse.Namespace, messages: list[bytes]) -> int:
-    # An option given on the command line takes the place of its variable.
-    options = {
-        "MATCHOPS_AMQP_URL": args.url,
-        "MATCHOPS_QUEUE": args.queue,
-        "MATCHOPS_EXCHANGE": args.exchange,
-        "MATCHOPS_ROUTING_KEY": args.routing_key,
-    }
+def _settings(**options: str | None) -> tuple[ProducerConfig, str]:
+    """The MATCHOPS_* settings, an option given on the command line taking its variable's place;
+    and the broker URL, which is required."""
     config = load_producer_config({**os.environ, **{k: v for k, v in options.items() if v}})
     if not config.amqp_url:
         raise ValueError("no broker URL: pass --url or set MATCHOPS_AMQP_URL")
+    return config, config.amqp_url
+
+
+def _send(args: argparse.Namespace, messages: list[bytes]) -> int:
+    config, amqp_url = _settings(
+        MATCHOPS_AMQP_URL=args.url,
+        MATCHOPS_QUEUE=args.queue,
+        MATCHOPS_EXCHANGE=args.exchange,
+        MATCHOPS_ROUTING_KEY=args.routing_key,
+    )
     topology = config.topology
     target = Target(topology.exchange, config.routing_key, args.task if args.celery else None)
     started = time.monotonic()
     with Publisher(
-        config.amqp_url,
+        amqp_url,
         target,
         topology if args.declare else None,
         retry_for=args.retry_for,
@@ -183,6 +214,26 @@ def _send(args: argparse.Namespace, messages: list[bytes]) -> int:
             }
         )
     )
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 0:
+        raise ValueError("--limit must not be negative")
+    config, amqp_url = _settings(
+        MATCHOPS_AMQP_URL=args.url,
+        MATCHOPS_QUEUE=args.queue,
+        MATCHOPS_DEAD_LETTER_QUEUE=args.dead_letter_queue,
+    )
+    started = time.monotonic()
+    connection, channel = open_channel(amqp_url)
+    try:
+        report = replay(channel, config.topology, set(args.reason), args.limit)
+    finally:
+        if connection.is_open:
+            connection.close()
+    summary = report.summary(config.topology.dead_letter_queue)
+    print(json.dumps({**summary, "seconds": round(time.monotonic() - started, 3)}))
     return 0
 
 
@@ -210,6 +261,11 @@ def _validate(messages: Sequence[bytes]) -> list[tuple[int, str]]:
 def _explain(exc: BaseException) -> str:
     if isinstance(exc, pika.exceptions.AMQPConnectionError):
         return f"cannot connect to the broker: {exc!r}"
+    if isinstance(exc, pika.exceptions.UnroutableError):
+        return (
+            "the broker returned a message as unroutable: no queue is bound to its exchange "
+            "and routing key; it stays where it was"
+        )
     if isinstance(exc, pika.exceptions.ChannelClosedByBroker):
         return f"the broker refused: {exc.reply_code} {exc.reply_text}"
     return str(exc)
