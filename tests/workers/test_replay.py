@@ -66,9 +66,12 @@ def test_reason_of_a_message_without_one() -> None:
     assert reason_of(None) == NO_REASON
 
 
-def fill_dead_letters(vhost: Vhost) -> None:
+def fill_dead_letters(vhost: Vhost, queue_type: str = "classic") -> None:
+    topology = build_topology(
+        "matches", routing_keys=["matches", "matches.process"], queue_type=queue_type
+    )
     with vhost.channel() as channel:
-        declare(channel, TOPOLOGY)
+        declare(channel, topology)
         for number, reason in enumerate(
             [
                 "retries-exhausted",
@@ -92,8 +95,11 @@ def fill_dead_letters(vhost: Vhost) -> None:
 
 
 @pytest.mark.integration
-def test_replay_by_reason_moves_the_chosen_and_keeps_the_others_in_order(vhost: Vhost) -> None:
-    fill_dead_letters(vhost)
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+def test_replay_by_reason_moves_the_chosen_and_keeps_the_others_in_order(
+    vhost: Vhost, queue_type: str
+) -> None:
+    fill_dead_letters(vhost, queue_type)
     result = matchops("replay", "--reason", "retries-exhausted", url=vhost.url)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
