@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from matchops_worker.config import WorkerConfig
 from matchops_worker.durations import parse_duration
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
@@ -43,8 +44,6 @@ OPERATOR_WORKER_ENV = frozenset(
         "MATCHOPS_DECLARE_TOPOLOGY",
     }
 )
-# The worker's default statement timeout: how long it lets one batch's transaction run.
-WORKER_STATEMENT_TIMEOUT = "30s"
 
 
 class SpecError(ValueError):
@@ -163,7 +162,7 @@ class WorkersSpec(_Model):
                     return parse_duration(str(var["value"]))
                 except ValueError:
                     break  # the worker refuses it at start-up, with its own message
-        return parse_duration(WORKER_STATEMENT_TIMEOUT)
+        return WorkerConfig.statement_timeout
 
 
 class DatabaseSpec(_Model):

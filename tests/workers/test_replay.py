@@ -7,7 +7,7 @@ import json
 import pika
 import pytest
 from matchops_devenv.broker_tools import Vhost
-from matchops_worker.consumer import (
+from matchops_worker.deadletter import (
     ATTEMPTS_HEADER,
     ERROR_HEADER,
     EXCHANGE_HEADER,
@@ -15,13 +15,18 @@ from matchops_worker.consumer import (
     ROUTING_KEY_HEADER,
 )
 from matchops_worker.replay import NO_REASON, Destination, destination, reason_of, replayed_headers
-from matchops_worker.topology import build_topology, declare
+from matchops_worker.topology import Topology, build_topology, declare
 
 from .test_cli import matchops
 
-TOPOLOGY = build_topology(
-    "matches", routing_keys=["matches", "matches.process"], queue_type="classic"
-)
+
+def pipeline(queue_type: str = "classic") -> Topology:
+    return build_topology(
+        "matches", routing_keys=["matches", "matches.process"], queue_type=queue_type
+    )
+
+
+TOPOLOGY = pipeline()
 
 
 def dead_letter(
@@ -67,11 +72,8 @@ def test_reason_of_a_message_without_one() -> None:
 
 
 def fill_dead_letters(vhost: Vhost, queue_type: str = "classic") -> None:
-    topology = build_topology(
-        "matches", routing_keys=["matches", "matches.process"], queue_type=queue_type
-    )
     with vhost.channel() as channel:
-        declare(channel, topology)
+        declare(channel, pipeline(queue_type))
         for number, reason in enumerate(
             [
                 "retries-exhausted",

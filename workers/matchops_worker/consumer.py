@@ -39,7 +39,16 @@ from matchops_worker.backoff import Backoff
 from matchops_worker.broker import connection_parameters
 from matchops_worker.config import WorkerConfig
 from matchops_worker.contract import MatchReport, Reason, Rejection, parse_message
-from matchops_worker.deadletter import DeadLetterChannel, copy_properties
+from matchops_worker.deadletter import (
+    ATTEMPTS_HEADER,
+    ERROR_HEADER,
+    EXCHANGE_HEADER,
+    REASON_HEADER,
+    ROUTING_KEY_HEADER,
+    USER_ID_HEADER,
+    DeadLetterChannel,
+    copy_properties,
+)
 from matchops_worker.metrics import Health, Metrics
 from matchops_worker.store import (
     Result,
@@ -53,12 +62,6 @@ from matchops_worker.topology import TopologyConflict, declare
 
 log = logging.getLogger(__name__)
 
-REASON_HEADER: Final = "x-matchops-reason"
-ERROR_HEADER: Final = "x-matchops-error"
-ATTEMPTS_HEADER: Final = "x-matchops-attempts"
-ROUTING_KEY_HEADER: Final = "x-matchops-original-routing-key"
-EXCHANGE_HEADER: Final = "x-matchops-original-exchange"
-USER_ID_HEADER: Final = "x-matchops-original-user-id"
 MAX_ERROR_TEXT: Final = 1000
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
@@ -297,12 +300,12 @@ class Worker:
             parsed=parsed,
             attempts=attempts_of(properties.headers),
         )
-        self._last_delivery = time.monotonic()
+        now = self._last_delivery = time.monotonic()
         if isinstance(parsed, Rejection):
             self._rejected.append(delivery)
             return
         if not self._pending:
-            self._batch_deadline = time.monotonic() + self.config.batch_wait
+            self._batch_deadline = now + self.config.batch_wait
         self._pending.append(delivery)
 
     def _poll_timeout(self) -> float:

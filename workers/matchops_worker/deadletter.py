@@ -27,6 +27,15 @@ from pika.channel import Channel
 
 log = logging.getLogger(__name__)
 
+# The headers a worker adds to the messages it republishes: its verdict on a dead letter
+# (reason, error), the retries it went through, and where its producer published it.
+REASON_HEADER: Final = "x-matchops-reason"
+ERROR_HEADER: Final = "x-matchops-error"
+ATTEMPTS_HEADER: Final = "x-matchops-attempts"
+ROUTING_KEY_HEADER: Final = "x-matchops-original-routing-key"
+EXCHANGE_HEADER: Final = "x-matchops-original-exchange"
+USER_ID_HEADER: Final = "x-matchops-original-user-id"
+
 # How long opening the channel waits for the broker to switch on confirms.
 OPEN_TIMEOUT: Final = 30.0
 

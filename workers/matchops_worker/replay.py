@@ -20,14 +20,14 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
 from matchops_worker.broker import connection_parameters
-from matchops_worker.consumer import (
+from matchops_worker.deadletter import (
     ATTEMPTS_HEADER,
     ERROR_HEADER,
     EXCHANGE_HEADER,
     REASON_HEADER,
     ROUTING_KEY_HEADER,
+    copy_properties,
 )
-from matchops_worker.deadletter import copy_properties
 from matchops_worker.topology import Topology
 
 # The worker's verdict on a message: dropped from a replayed copy.
@@ -69,8 +69,8 @@ class ReplayReport:
     def summary(self, queue: str) -> dict[str, Any]:
         return {
             "dead_letter_queue": queue,
-            "replayed": sum(self.replayed.values()),
-            "kept": sum(self.kept.values()),
+            "replayed": self.replayed.total(),
+            "kept": self.kept.total(),
             "replayed_by_reason": dict(sorted(self.replayed.items())),
             "kept_by_reason": dict(sorted(self.kept.items())),
         }
@@ -96,7 +96,7 @@ def replay(
             break  # another consumer took the rest
         reason = reason_of(properties.headers)
         chosen = not reasons or reason in reasons
-        replayed = chosen and (limit is None or sum(report.replayed.values()) < limit)
+        replayed = chosen and (limit is None or report.replayed.total() < limit)
         if replayed:
             target = destination(properties.headers, topology)
             headers = replayed_headers(properties.headers)
