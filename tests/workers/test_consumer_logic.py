@@ -4,6 +4,7 @@ import pika
 import pytest
 from matchops_worker.consumer import (
     ATTEMPTS_HEADER,
+    MAX_ATTEMPTS,
     Delivery,
     attempts_of,
     republished_headers,
@@ -22,6 +23,9 @@ from matchops_worker.contract import Reason, Rejection
         ({ATTEMPTS_HEADER: "many"}, 0),
         ({ATTEMPTS_HEADER: True}, 0),
         ({ATTEMPTS_HEADER: None}, 0),
+        # Past every retry delay, and still writable once incremented.
+        ({ATTEMPTS_HEADER: 2**63 - 1}, MAX_ATTEMPTS),
+        ({ATTEMPTS_HEADER: "1" + "0" * 30}, MAX_ATTEMPTS),
     ],
 )
 def test_attempts_of(headers: dict[str, Any] | None, attempts: int) -> None:
@@ -63,3 +67,12 @@ def test_the_first_routing_key_survives_retries() -> None:
     assert republished_headers(back_from_retry, 2)["x-matchops-original-routing-key"] == (
         "matches.process"
     )
+
+
+def test_a_retry_copy_of_a_message_claiming_endless_attempts_can_be_written() -> None:
+    # A header pika reads as the largest 64-bit integer: one more would not encode.
+    received = delivery({ATTEMPTS_HEADER: 2**63 - 1})
+    headers = republished_headers(received, received.attempts + 1)
+    properties = pika.BasicProperties(headers=headers)
+    assert properties.encode()
+    assert headers[ATTEMPTS_HEADER] == MAX_ATTEMPTS + 1

@@ -65,6 +65,9 @@ log = logging.getLogger(__name__)
 MAX_ERROR_TEXT: Final = 1000
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
+# More retries than any pipeline has delays for; a message claiming more is past them all.
+# Bounded, `attempts + 1` on a republished copy stays an integer pika can write.
+MAX_ATTEMPTS: Final = 1_000_000
 # How long the loop waits for broker events when it has nothing due sooner; bounds how late a
 # stop request is noticed.
 IDLE_POLL: Final = 0.25
@@ -95,7 +98,7 @@ def attempts_of(headers: dict[str, Any] | None) -> int:
     if isinstance(value, bool):
         return 0
     try:
-        return max(0, int(value))
+        return min(MAX_ATTEMPTS, max(0, int(value)))
     except (TypeError, ValueError):
         return 0
 
