@@ -3,7 +3,7 @@
 import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 import psycopg
@@ -94,6 +94,43 @@ def test_created_updated_unchanged(db: Store, database: str) -> None:
     (stored,) = rows(database)
     assert (stored["home_score"], stored["away_score"], stored["status"]) == (2, 1, "completed")
     assert stored["reported_at"] == datetime(2025, 10, 4, 20, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("external_match_id", ["m1", None], ids=["external-id", "natural-key"])
+def test_every_field_of_a_report_is_stored(
+    db: Store, database: str, external_match_id: str | None
+) -> None:
+    report = match(
+        external_match_id=external_match_id,
+        division="Northeast",
+        kickoff="18:30",
+        location="Subaru Park, Field 2",
+        notes="Moved from Saturday",
+        home_score=3,
+        away_score=0,
+        match_status="completed",
+        match_type="Cup",
+        reported_at=at(21),
+    )
+    assert db.write([report]) == [Outcome.CREATED]
+    (stored,) = rows(database)
+    assert {key: stored[key] for key in stored if key not in ("id", "updated_at")} == {
+        "external_match_id": external_match_id,
+        "season": "2025-26",
+        "age_group": "U14",
+        "division": "Northeast",
+        "match_date": date(2025, 10, 4),
+        "kickoff": time(18, 30),
+        "home_team": "Philadelphia Union",
+        "away_team": "FC Delco",
+        "home_score": 3,
+        "away_score": 0,
+        "status": "completed",
+        "match_type": "Cup",
+        "location": "Subaru Park, Field 2",
+        "notes": "Moved from Saturday",
+        "reported_at": datetime(2025, 10, 4, 21, tzinfo=UTC),
+    }
 
 
 def test_unchanged_rows_are_not_rewritten(db: Store, database: str) -> None:

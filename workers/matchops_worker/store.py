@@ -376,7 +376,8 @@ def _entities(winners: Sequence[Collapsed]) -> Iterator[tuple[EntityTable, dict[
             yield table, keys
 
 
-# Incoming columns of the batch's JSON parameter (one object per row) and their SQL types.
+# Incoming columns of the batch's JSON parameter (one array per row, fields in this order) and
+# their SQL types.
 _INPUT: Final = (
     ("ord", "integer"),
     ("external_match_id", "text"),
@@ -397,32 +398,33 @@ _INPUT: Final = (
 )
 
 
-def _row(position: int, r: MatchReport) -> dict[str, object]:
-    """One report as an object of the batch's JSON parameter (keys as in _INPUT)."""
-    return {
-        "ord": position,
-        "external_match_id": r.external_match_id,
-        "season_key": name_key(r.season),
-        "age_group_key": name_key(r.age_group),
-        "division_key": name_key(r.division) if r.division else None,
-        "home_key": name_key(r.home_team),
-        "away_key": name_key(r.away_team),
-        "match_date": r.match_date,
-        "kickoff": r.kickoff,
-        "match_type": r.match_type,
-        "location": r.location,
-        "notes": r.notes,
-        "home_score": r.home_score,
-        "away_score": r.away_score,
-        "status": r.match_status,
-        "reported_at": r.reported_at,
-    }
+def _row(position: int, r: MatchReport) -> list[object]:
+    """One report as an array of the batch's JSON parameter (fields in the order of _INPUT)."""
+    return [
+        position,
+        r.external_match_id,
+        name_key(r.season),
+        name_key(r.age_group),
+        name_key(r.division) if r.division else None,
+        name_key(r.home_team),
+        name_key(r.away_team),
+        r.match_date,
+        r.kickoff,
+        r.match_type,
+        r.location,
+        r.notes,
+        r.home_score,
+        r.away_score,
+        r.match_status,
+        r.reported_at,
+    ]
 
 
 def _rows(group: Sequence[Collapsed]) -> str:
-    """The batch as one JSON array of row objects: one parameter, however many reports.
+    """The batch as one JSON array of row arrays: one parameter, however many reports.
 
-    Adapting one JSON text is far cheaper, client and server side, than fifteen arrays.
+    Adapting one JSON text is far cheaper, client and server side, than fifteen arrays; read
+    by position from jsonb, it is cheaper for the server than objects read by key.
     """
     return orjson.dumps([_row(n, w.report) for n, w in enumerate(group, start=1)]).decode()
 
@@ -480,7 +482,9 @@ def _upsert_sql(kind: Literal["external", "natural"]) -> bytes:
         same_key = "{a}.external_match_id IS NULL AND {b}.external_match_id IS NULL AND " + (
             same_key
         )
-    fields = ", ".join(f"{name} {type_}" for name, type_ in _INPUT)
+    fields = ", ".join(
+        f"(x->>{position})::{type_} AS {name}" for position, (name, type_) in enumerate(_INPUT)
+    )
     columns = ("external_match_id", *_DATA, "reported_at")
     stored = ", ".join(f"m.{c}" for c in _DATA)
     changed = f"({stored}) IS DISTINCT FROM ({_merged('excluded', 'm')})"
@@ -506,7 +510,7 @@ WITH r AS (
            d.id AS division_id, h.id AS home_team_id, w.id AS away_team_id,
            i.match_date, i.kickoff, i.match_type, i.location, i.notes,
            i.home_score, i.away_score, i.status, i.reported_at
-    FROM json_to_recordset(%s::json) AS i({fields})
+    FROM (SELECT {fields} FROM jsonb_array_elements(%s::jsonb) AS x) AS i
     LEFT JOIN seasons s ON s.name_key = i.season_key
     LEFT JOIN age_groups a ON a.name_key = i.age_group_key
     LEFT JOIN divisions d ON d.name_key = i.division_key
