@@ -50,7 +50,7 @@ def test_migrate_creates_the_schema_once(empty_database: str) -> None:
     with pytest.raises(SchemaOutdated, match="run `matchops-worker migrate`"):
         Store(empty_database).check_schema()
     applied = store.migrate(empty_database)
-    assert [m.version for m in applied] == [1]
+    assert [m.version for m in applied] == [1, 2]
     assert store.migrate(empty_database) == []
     assert Store(empty_database).check_schema() == store.LATEST_VERSION
 
@@ -66,7 +66,8 @@ def test_concurrent_migrate_commands_apply_each_migration_once(empty_database: s
     results = [p.communicate(timeout=120) for p in processes]
     assert [p.returncode for p in processes] == [0, 0, 0, 0], results
     assert rows(empty_database, "SELECT version FROM matchops_schema_migrations") == [
-        {"version": 1}
+        {"version": 1},
+        {"version": 2},
     ]
 
 
@@ -131,6 +132,27 @@ def test_every_field_of_a_report_is_stored(
         "notes": "Moved from Saturday",
         "reported_at": datetime(2025, 10, 4, 21, tzinfo=UTC),
     }
+
+
+def test_results_update_matches_in_place(db: Store, database: str) -> None:
+    """Fixtures, then their results in another order: the updates stay on their pages (HOT)."""
+    fixtures = [match(external_match_id=f"m{n}") for n in range(600)]
+    # Results come by match day, not in the order the fixtures were published: each batch
+    # of 100 touches a few rows of every page.
+    order = sorted(range(600), key=lambda n: (n % 6, n))
+    results = [match(external_match_id=f"m{n}", home_score=1, away_score=0) for n in order]
+    for reports in (fixtures, results):
+        for start in range(0, len(reports), 100):
+            db.write(reports[start : start + 100])
+    db.connection().execute("SELECT pg_stat_force_next_flush()")
+    db.close()  # a backend leaving reports its statistics
+    (stats,) = rows(
+        database,
+        "SELECT n_tup_upd AS updated, n_tup_hot_upd AS hot FROM pg_stat_user_tables "
+        "WHERE relname = 'matches'",
+    )
+    assert stats["updated"] == 600
+    assert stats["hot"] >= 0.9 * 600, stats
 
 
 def test_unchanged_rows_are_not_rewritten(db: Store, database: str) -> None:
