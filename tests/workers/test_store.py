@@ -144,8 +144,8 @@ def test_results_update_matches_in_place(db: Store, database: str) -> None:
     for reports in (fixtures, results):
         for start in range(0, len(reports), 100):
             db.write(reports[start : start + 100])
+    # The store's session reports its statistics before it answers this (autocommit).
     db.connection().execute("SELECT pg_stat_force_next_flush()")
-    db.close()  # a backend leaving reports its statistics
     (stats,) = rows(
         database,
         "SELECT n_tup_upd AS updated, n_tup_hot_upd AS hot FROM pg_stat_user_tables "
