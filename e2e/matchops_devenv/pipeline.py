@@ -30,6 +30,9 @@ SAMPLES = REPO_ROOT / "manifests" / "samples"
 CRD = "customresourcedefinition/matchingestions.matchops.dev"
 API_VERSION = "matchops.dev/v1alpha1"
 INGESTION_LABEL = "matchops.dev/ingestion"
+# The operator's record of the spec it last handled (kopf's diff base), written when a handling
+# is done.
+HANDLED_ANNOTATION = "matchops.dev/last-handled-configuration"
 FIELD_MANAGER = "matchops-e2e"
 T = TypeVar("T")
 
@@ -288,6 +291,20 @@ class Pipeline:
             )
         except KubectlError as error:
             raise PipelineError(f"{error}\n{self.diagnose()}") from error
+
+    def wait_handled(self, timeout: float = 60.0) -> None:
+        """Wait until the operator has recorded its first handling of the MatchIngestion.
+
+        The operator sets `Ready` while it handles the resource and records the handling in one
+        more write after it; a reader that compares two reads (`kubectl diff`) would catch that
+        write in between.
+        """
+
+        def handled() -> bool:
+            annotations = self.ingestion()["metadata"].get("annotations", {})
+            return HANDLED_ANNOTATION in annotations
+
+        wait_for(handled, f"the operator's {HANDLED_ANNOTATION}", timeout, self.diagnose)
 
     def events(self) -> list[dict[str, Any]]:
         """Events about the MatchIngestion, oldest first."""

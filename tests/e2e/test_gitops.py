@@ -61,8 +61,10 @@ def test_server_side_apply_twice_shows_no_diff(
     manifest = sample(manifest_file)
     pipeline.apply(manifest, field_manager=GITOPS)
     pipeline.wait("Ready")
+    # A sync compares a resource at rest: the operator's last write of its handling is done.
+    pipeline.wait_handled()
     applied = pipeline.ingestion()
-    # The operator wrote its finalizer and status, the API server its defaults.
+    # The operator wrote its finalizer, status and annotations, the API server its defaults.
     assert "matchops.dev/finalizer" in applied["metadata"]["finalizers"]
     assert applied["spec"]["broker"]["queueType"] == "quorum"
     scraper = applied["spec"]["scraper"]
