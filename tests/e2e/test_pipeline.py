@@ -40,20 +40,29 @@ SEASON = Season(
     divisions=("Northeast", "Mid-Atlantic", "Southeast", "Florida", "Central", "Texas"), teams=30
 )
 ONE_AT_A_TIME = {"prefetch": 1, "batchSize": 1}
+SCRAPE_JOB = "scrape-now"
 LEGACY_TASK = "celery_tasks.match_tasks.process_match_data"
 # What a worker logs when SIGTERM stops it: it finished the batch in hand, acked, and exited.
 GRACEFUL_STOP = ("stopping: consumer cancelled, finishing the batch in hand", "worker stopped")
 
 
 def unexpected_dead_letters(
-    vhost: Vhost, queue: str, logs: dict[str, subprocess.Popen[str]]
+    pipeline: Pipeline, vhost: Vhost, queue: str, logs: dict[str, subprocess.Popen[str]]
 ) -> str:
-    """What the dead-letter queue holds beyond the season's invalid messages, and the logs of
-    the worker pods followed, to tell a repeated copy from a valid message dead-lettered."""
+    """What the dead-letter queue holds beyond the season's invalid messages, the scraper's
+    pods (a scraper pod that failed half-way publishes again from its retry) and the logs of
+    the worker pods followed: to tell a repeated copy from a valid message dead-lettered."""
     dead = take_dead_letters(vhost, queue)
     invalid = SEASON.invalid_bodies()
     extra = [d for d in dead if d.body not in invalid or dead.count(d) > 1]
     lines = [f"{d.reason}: {d.error[:300]}: {d.body[:300]!r}" for d in extra]
+    for pod in pipeline.get("pods", "-l", f"job-name={SCRAPE_JOB}")["items"]:
+        status = pod.get("status", {})
+        states = [
+            {key: c.get(key) for key in ("restartCount", "state", "lastState")}
+            for c in status.get("containerStatuses", [])
+        ]
+        lines.append(f"scraper pod {pod['metadata']['name']}: {status.get('phase')} {states}")
     for pod, log in logs.items():
         log.kill()
         lines += [f"--- {pod}", log.communicate(timeout=30)[0][-4000:]]
@@ -95,7 +104,7 @@ def test_a_scraped_season_is_stored_scaled_and_dead_lettered(
     pipeline.wait("Ready")
     assert pipeline.workers() == (0, 0), "an idle pipeline runs no workers"
 
-    pipeline.start_scraper("scrape-now")
+    pipeline.start_scraper(SCRAPE_JOB)
     expected = SEASON.final_state()
     watch = Watch(pipeline, e2e_database)
     followed: dict[str, subprocess.Popen[str]] = {}
@@ -121,7 +130,7 @@ def test_a_scraped_season_is_stored_scaled_and_dead_lettered(
             )
         assert stored_matches(e2e_database) == expected
         # The scraper published the season where the operator told it to.
-        published = json.loads(pipeline.finish_scraper("scrape-now"))
+        published = json.loads(pipeline.finish_scraper(SCRAPE_JOB))
         assert published["published"] == SEASON.message_count()
         assert (published["exchange"], published["routing_key"]) == ("mlsnext", "mlsnext.u14")
 
@@ -148,8 +157,9 @@ def test_a_scraped_season_is_stored_scaled_and_dead_lettered(
         drained = watch.until(lambda s: s.drained, "the backlog drained in status", 60)
         if drained.backlog["deadLettered"] != SEASON.invalid:
             pytest.fail(
-                f"{drained.backlog['deadLettered']} dead letters, {SEASON.invalid} expected\n"
-                + unexpected_dead_letters(e2e_vhost, "mlsnext-u14.dlq", followed)
+                f"{drained.backlog['deadLettered']} dead letters, {SEASON.invalid} expected; "
+                f"the scraper said {published}\n"
+                + unexpected_dead_letters(pipeline, e2e_vhost, "mlsnext-u14.dlq", followed)
             )
 
         # Down again after the scale-down delay, one step at a time, to no pod at all.
