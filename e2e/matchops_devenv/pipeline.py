@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from matchops_operator.main import HANDLED_ANNOTATION
 
 from matchops_devenv.access import ClusterAccess, KubectlError
 from matchops_devenv.outcome import stored_count
@@ -30,9 +31,6 @@ SAMPLES = REPO_ROOT / "manifests" / "samples"
 CRD = "customresourcedefinition/matchingestions.matchops.dev"
 API_VERSION = "matchops.dev/v1alpha1"
 INGESTION_LABEL = "matchops.dev/ingestion"
-# The operator's record of the spec it last handled (kopf's diff base), written when a handling
-# is done.
-HANDLED_ANNOTATION = "matchops.dev/last-handled-configuration"
 FIELD_MANAGER = "matchops-e2e"
 T = TypeVar("T")
 

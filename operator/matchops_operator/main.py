@@ -22,6 +22,9 @@ from matchops_operator.reconciler import Reconciler
 
 FINALIZER = "matchops.dev/finalizer"
 ANNOTATION_PREFIX = "matchops.dev"
+# kopf's record of the spec it last handled, written once a handling is done.
+DIFFBASE_KEY = "last-handled-configuration"
+HANDLED_ANNOTATION = f"{ANNOTATION_PREFIX}/{DIFFBASE_KEY}"
 # Seconds a replica counts as alive after its last keep-alive (kopf sends one every 5 to 10 s
 # less than this): a standby takes over within this long of the active replica's crash. kopf's
 # default, 60 s, would leave every pipeline unattended for up to a minute.
@@ -140,7 +143,7 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
         prefix=ANNOTATION_PREFIX
     )
     configured.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+        prefix=ANNOTATION_PREFIX, key=DIFFBASE_KEY
     )
     # The reconciler records the Events users read; kopf's own would repeat them.
     configured.posting.enabled = False

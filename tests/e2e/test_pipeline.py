@@ -41,18 +41,19 @@ SEASON = Season(
 )
 ONE_AT_A_TIME = {"prefetch": 1, "batchSize": 1}
 SCRAPE_JOB = "scrape-now"
+DEAD_LETTER_QUEUE = "mlsnext-u14.dlq"
 LEGACY_TASK = "celery_tasks.match_tasks.process_match_data"
 # What a worker logs when SIGTERM stops it: it finished the batch in hand, acked, and exited.
 GRACEFUL_STOP = ("stopping: consumer cancelled, finishing the batch in hand", "worker stopped")
 
 
 def unexpected_dead_letters(
-    pipeline: Pipeline, vhost: Vhost, queue: str, logs: dict[str, subprocess.Popen[str]]
+    pipeline: Pipeline, vhost: Vhost, logs: dict[str, subprocess.Popen[str]]
 ) -> str:
     """What the dead-letter queue holds beyond the season's invalid messages, the scraper's
     pods (a scraper pod that failed half-way publishes again from its retry) and the logs of
     the worker pods followed: to tell a repeated copy from a valid message dead-lettered."""
-    dead = take_dead_letters(vhost, queue)
+    dead = take_dead_letters(vhost, DEAD_LETTER_QUEUE)
     invalid = SEASON.invalid_bodies()
     extra = [d for d in dead if d.body not in invalid or dead.count(d) > 1]
     lines = [f"{d.reason}: {d.error[:300]}: {d.body[:300]!r}" for d in extra]
@@ -159,7 +160,7 @@ def test_a_scraped_season_is_stored_scaled_and_dead_lettered(
             pytest.fail(
                 f"{drained.backlog['deadLettered']} dead letters, {SEASON.invalid} expected; "
                 f"the scraper said {published}\n"
-                + unexpected_dead_letters(pipeline, e2e_vhost, "mlsnext-u14.dlq", followed)
+                + unexpected_dead_letters(pipeline, e2e_vhost, followed)
             )
 
         # Down again after the scale-down delay, one step at a time, to no pod at all.
@@ -200,7 +201,7 @@ def test_a_scraped_season_is_stored_scaled_and_dead_lettered(
         assert text in described, text
 
     # The dead-letter queue holds exactly the invalid messages, each with its reason.
-    dead = take_dead_letters(e2e_vhost, "mlsnext-u14.dlq")
+    dead = take_dead_letters(e2e_vhost, DEAD_LETTER_QUEUE)
     assert sorted(d.body for d in dead) == sorted(SEASON.invalid_bodies())
     assert [(d.reason, bool(d.error)) for d in dead] == [
         (expected_reason(d.body), True) for d in dead
