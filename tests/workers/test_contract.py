@@ -129,6 +129,11 @@ def test_strings_are_trimmed() -> None:
     )
 
 
+def test_a_division_of_spacing_only_is_no_division() -> None:
+    assert report({**MATCH, "division": "  "}).division == ""
+    assert report({**MATCH, "division": "\x1f"}).division == ""
+
+
 def test_numeric_external_id_becomes_text() -> None:
     assert report({**MATCH, "match_id": 12345}).external_match_id == "12345"
 
@@ -173,6 +178,11 @@ def test_amqp_timestamp_is_the_report_time_when_the_body_has_none() -> None:
         ({k: v for k, v in MATCH.items() if k != "season"}, Reason.CONTRACT, "season"),
         ({**MATCH, "notes": "a\u0000b"}, Reason.CONTRACT, "NUL"),
         ({**MATCH, "home_team": "x" * 201}, Reason.CONTRACT, "home_team"),
+        # Spacing to a name's identity, though pydantic does not trim it.
+        ({**MATCH, "home_team": "\x1f"}, Reason.CONTRACT, "home_team is nothing but spacing"),
+        ({**MATCH, "away_team": " \x1c\x1d "}, Reason.CONTRACT, "away_team is nothing but"),
+        ({**MATCH, "season": "\x1e"}, Reason.CONTRACT, "season is nothing but spacing"),
+        ({**MATCH, "age_group": "\x1f\x1f"}, Reason.CONTRACT, "age_group is nothing but"),
     ],
 )
 def test_invalid_messages(body: bytes | object, reason: Reason, words: str) -> None:

@@ -243,7 +243,22 @@ class MatchReport(BaseModel):
             object.__setattr__(self, "match_status", status)
         if self.reported_at is not None and self.reported_at.tzinfo is None:
             object.__setattr__(self, "reported_at", self.reported_at.replace(tzinfo=UTC))
-        if name_key(self.home_team) == name_key(self.away_team):
+        # pydantic trims fewer characters than a name's identity ignores (the control
+        # characters \x1c-\x1f, for instance): a name left with no identity is empty.
+        home, away = name_key(self.home_team), name_key(self.away_team)
+        keys = {
+            "home_team": home,
+            "away_team": away,
+            "season": name_key(self.season),
+            "age_group": name_key(self.age_group),
+        }
+        for field, key in keys.items():
+            if not key:
+                raise ValueError(f"{field} is nothing but spacing: {getattr(self, field)!r}")
+        if self.division and not name_key(self.division):
+            # Like a division of spaces only: no division.
+            object.__setattr__(self, "division", "")
+        if home == away:
             raise ValueError(f"home team and away team are the same team ({self.home_team!r})")
         if (self.home_score is None) != (self.away_score is None):
             raise ValueError("home_score and away_score must be given together")
