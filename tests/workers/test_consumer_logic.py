@@ -1,3 +1,4 @@
+import dataclasses
 from typing import Any
 
 import pika
@@ -5,6 +6,7 @@ import pytest
 from matchops_worker.consumer import (
     ATTEMPTS_HEADER,
     MAX_ATTEMPTS,
+    REDELIVERED_HEADER,
     Delivery,
     attempts_of,
     republished_headers,
@@ -59,6 +61,21 @@ def test_dead_letter_headers_carry_reason_and_error() -> None:
     headers = republished_headers(delivery(None), 0, "contract", "x" * 5000)
     assert headers["x-matchops-reason"] == "contract"
     assert len(headers["x-matchops-error"]) == 1000
+
+
+def test_a_dead_letter_made_from_a_redelivery_says_so() -> None:
+    received = dataclasses.replace(delivery(None), redelivered=True)
+    assert republished_headers(received, 0, "contract", "x")[REDELIVERED_HEADER] is True
+    assert REDELIVERED_HEADER not in republished_headers(delivery(None), 0, "contract", "x")
+
+
+def test_only_the_verdict_on_this_delivery_marks_a_redelivery() -> None:
+    # A replayed or retried message may carry the mark of an earlier dead letter.
+    marked = {REDELIVERED_HEADER: True}
+    assert REDELIVERED_HEADER not in republished_headers(delivery(marked), 0, "contract", "x")
+    # A retry copy is a new message: its next delivery is a first one.
+    retried = dataclasses.replace(delivery(None), redelivered=True)
+    assert REDELIVERED_HEADER not in republished_headers(retried, 1)
 
 
 def test_the_first_routing_key_survives_retries() -> None:

@@ -176,9 +176,28 @@ def test_invalid_messages_go_to_the_dead_letter_queue_with_the_reason(
         assert message.headers["x-matchops-error"]
         assert message.properties.message_id == "m-1"
         assert message.properties.delivery_mode == 2
+        assert "x-matchops-redelivered" not in message.headers
     assert worker.counter("matchops_worker_dead_letters_total", reason="contract") == 5
     assert vhost.depth("matches") == 0
     assert match_count(database) == 1
+
+
+def test_a_dead_letter_made_from_a_redelivery_says_so(
+    start_worker: StartWorker, vhost: Vhost
+) -> None:
+    start_worker().stop()  # the topology, declared
+    vhost.publish("matches", "matches", [b"not json"])
+    # Another consumer takes it and goes away without acknowledging it, as a worker that
+    # copied it and lost its broker session before the ack would.
+    with vhost.channel() as channel:
+        method, _, _ = channel.basic_get("matches", auto_ack=False)
+        assert method is not None
+        assert not method.redelivered
+    worker = start_worker()
+    wait_handled(worker, 1)
+    [dead] = vhost.take("matches.dlq")
+    assert dead.headers["x-matchops-reason"] == "invalid-json"
+    assert dead.headers["x-matchops-redelivered"] is True
 
 
 def test_an_invalid_message_between_valid_ones_is_acked_with_their_batch(

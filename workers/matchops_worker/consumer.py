@@ -44,6 +44,7 @@ from matchops_worker.deadletter import (
     ERROR_HEADER,
     EXCHANGE_HEADER,
     REASON_HEADER,
+    REDELIVERED_HEADER,
     ROUTING_KEY_HEADER,
     USER_ID_HEADER,
     DeadLetterChannel,
@@ -88,6 +89,8 @@ class Delivery:
     body: bytes
     parsed: MatchReport | Rejection
     attempts: int
+    # The broker delivered it before, to a consumer that did not acknowledge it.
+    redelivered: bool = False
 
 
 def attempts_of(headers: dict[str, Any] | None) -> int:
@@ -120,9 +123,15 @@ def republished_headers(
     # carry the producer's; the header keeps it.
     if delivery.properties.user_id:
         headers.setdefault(USER_ID_HEADER, delivery.properties.user_id)
+    # A dead letter made from a redelivery says so: the worker that had the message before
+    # may have copied it too, and lost its broker session before the ack. Only the verdict
+    # on this delivery counts, so an earlier copy's mark goes.
+    headers.pop(REDELIVERED_HEADER, None)
     if reason is not None:
         headers[REASON_HEADER] = reason
         headers[ERROR_HEADER] = (error or "")[:MAX_ERROR_TEXT]
+        if delivery.redelivered:
+            headers[REDELIVERED_HEADER] = True
     return headers
 
 
@@ -302,6 +311,7 @@ class Worker:
             body=body,
             parsed=parsed,
             attempts=attempts_of(properties.headers),
+            redelivered=bool(method.redelivered),
         )
         now = self._last_delivery = time.monotonic()
         if isinstance(parsed, Rejection):

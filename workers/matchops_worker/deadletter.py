@@ -35,6 +35,8 @@ ATTEMPTS_HEADER: Final = "x-matchops-attempts"
 ROUTING_KEY_HEADER: Final = "x-matchops-original-routing-key"
 EXCHANGE_HEADER: Final = "x-matchops-original-exchange"
 USER_ID_HEADER: Final = "x-matchops-original-user-id"
+# On a dead-letter copy made from a redelivery: an earlier copy may exist.
+REDELIVERED_HEADER: Final = "x-matchops-redelivered"
 
 # How long opening the channel waits for the broker to switch on confirms.
 OPEN_TIMEOUT: Final = 30.0

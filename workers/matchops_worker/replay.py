@@ -25,13 +25,16 @@ from matchops_worker.deadletter import (
     ERROR_HEADER,
     EXCHANGE_HEADER,
     REASON_HEADER,
+    REDELIVERED_HEADER,
     ROUTING_KEY_HEADER,
     copy_properties,
 )
 from matchops_worker.topology import Topology
 
 # The worker's verdict on a message: dropped from a replayed copy.
-VERDICT_HEADERS: Final = frozenset({REASON_HEADER, ERROR_HEADER, ATTEMPTS_HEADER})
+VERDICT_HEADERS: Final = frozenset(
+    {REASON_HEADER, ERROR_HEADER, ATTEMPTS_HEADER, REDELIVERED_HEADER}
+)
 NO_REASON: Final = "(none)"
 
 
