@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -141,12 +142,17 @@ class WorkerPool:
     _failures: list[ServiceError] = field(default_factory=list)
 
     def start(self, count: int) -> None:
-        """Start `count` workers and wait until each consumes."""
-        for _ in range(count):
-            worker = self._worker()
-            worker.start(timeout=120)
-            with self._lock:
-                self.workers.append(worker)
+        """Start `count` workers at once and wait until each consumes.
+
+        At once, as a Deployment's pods start: one after the other, the first would drain a
+        filled queue alone while the others start, before any fault is injected.
+        """
+        workers = [self._worker() for _ in range(count)]
+        with self._lock:
+            self.workers.extend(workers)  # stopped with the pool, even if one fails to start
+        with ThreadPoolExecutor(max_workers=count) as starting:
+            for started in [starting.submit(worker.start, timeout=120) for worker in workers]:
+                started.result()
 
     def _worker(self) -> WorkerProcess:
         with self._lock:
@@ -334,6 +340,9 @@ class Tally:
     lost: int  # valid messages whose match is missing or stale, poison not dead-lettered
     duplicated: int  # rows beyond one per match, and rows no message asked for
     dead_letters_repeated: int  # extra copies of a message in the dead-letter queue
+    # Extra copies not marked as made from a redelivery: one message copied twice from one
+    # delivery, or published twice.
+    unmarked_repeats: int
     valid_dead_lettered: list[str]
     wrong_reasons: dict[str, str]
     missing_poison: list[str]
@@ -347,7 +356,7 @@ class Tally:
         reasons = dict(list(self.wrong_reasons.items())[:5])
         return (
             f"lost {self.lost}, duplicated {self.duplicated}, dead letters repeated "
-            f"{self.dead_letters_repeated}, valid dead-lettered "
+            f"{self.dead_letters_repeated} ({self.unmarked_repeats} unmarked), valid dead-lettered "
             f"{self.valid_dead_lettered[:5]}, wrong reasons {reasons}, poison missing "
             f"{self.missing_poison[:5]}, wrong matches (stored, expected) {matches}"
         )
@@ -383,6 +392,11 @@ def account(workload: Workload, dsn: str, dead: list[Message]) -> Tally:
     lost_valid = sum(1 for key in workload.reports.values() if key in wrong)
 
     seen = Counter(message.properties.message_id for message in dead)
+    first_copies = Counter(
+        message.properties.message_id
+        for message in dead
+        if message.headers.get("x-matchops-redelivered") is not True
+    )
     wrong_reasons = {
         str(m.properties.message_id): str(m.headers.get("x-matchops-reason"))
         for m in dead
@@ -398,6 +412,7 @@ def account(workload: Workload, dsn: str, dead: list[Message]) -> Tally:
         lost=lost_valid + len(missing_poison),
         duplicated=duplicated,
         dead_letters_repeated=sum(count - 1 for count in seen.values()),
+        unmarked_repeats=sum(count - 1 for count in first_copies.values()),
         valid_dead_lettered=valid_dead,
         wrong_reasons=wrong_reasons,
         missing_poison=missing_poison,

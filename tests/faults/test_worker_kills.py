@@ -90,6 +90,8 @@ def test_workers_killed_at_random_lose_and_repeat_nothing(
     # into the dead-letter queue is at least once, like everything else; a kill repeats only
     # the invalid messages in that gap.
     assert tally.dead_letters_repeated <= kills, tally.problems()
+    # Each repeat is a copy made from the redelivery, and says so.
+    assert tally.unmarked_repeats == 0, tally.problems()
     for table, (rows, names) in reference_counts(database).items():
         assert rows == names, f"{table}: a name was created twice"
     assert vhost.depth(QUEUE) == 0
