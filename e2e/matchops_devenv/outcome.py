@@ -11,6 +11,7 @@ from matchops_devenv.season import Identity, MatchState, by_external_id
 
 REASON = "x-matchops-reason"
 ERROR = "x-matchops-error"
+REDELIVERED = "x-matchops-redelivered"
 
 
 @dataclass(frozen=True)
@@ -20,11 +21,18 @@ class DeadLetter:
     body: bytes
     reason: str
     error: str
+    # Copied from a redelivery: a worker before may have copied the message too.
+    redelivered: bool = False
 
     @classmethod
     def of(cls, message: Message) -> DeadLetter:
         headers = message.headers
-        return cls(message.body, str(headers.get(REASON, "")), str(headers.get(ERROR, "")))
+        return cls(
+            message.body,
+            str(headers.get(REASON, "")),
+            str(headers.get(ERROR, "")),
+            headers.get(REDELIVERED) is True,
+        )
 
 
 # Outer joins: a match whose team, season or age group row is missing still shows (with None
