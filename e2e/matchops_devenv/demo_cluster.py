@@ -236,7 +236,8 @@ def print_dead_letters(vhost: Vhost, season: Season) -> None:
     say(f"dead-letter queue {QUEUE}.dlq: {len(dead)} messages (the season had {season.invalid})")
     for letter in dead:
         body = letter.body[:48].decode("utf-8", errors="replace")
-        print(f"  {letter.reason:<17} {letter.error[:80]}")
+        again = " (from a redelivery: may repeat an earlier copy)" if letter.redelivered else ""
+        print(f"  {letter.reason:<17} {letter.error[:80]}{again}")
         print(f"  {'':<17} body: {body!r}")
 
 
