@@ -12,6 +12,7 @@ from matchops_worker.deadletter import (
     ERROR_HEADER,
     EXCHANGE_HEADER,
     REASON_HEADER,
+    REDELIVERED_HEADER,
     ROUTING_KEY_HEADER,
 )
 from matchops_worker.replay import NO_REASON, Destination, destination, reason_of, replayed_headers
@@ -57,7 +58,9 @@ def test_without_its_origin_a_dead_letter_goes_to_the_pipelines_first_key() -> N
 
 
 def test_the_copy_loses_the_workers_verdict_and_keeps_the_rest() -> None:
-    headers = replayed_headers(dead_letter("retries-exhausted", task="celery_tasks.x"))
+    headers = replayed_headers(
+        dead_letter("retries-exhausted", task="celery_tasks.x", **{REDELIVERED_HEADER: True})
+    )
     assert headers == {
         EXCHANGE_HEADER: "matches",
         ROUTING_KEY_HEADER: "matches.process",
