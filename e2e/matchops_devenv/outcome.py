@@ -5,13 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import psycopg
+from matchops_worker.deadletter import ERROR_HEADER, REASON_HEADER, REDELIVERED_HEADER
 
 from matchops_devenv.broker_tools import Message, Vhost
 from matchops_devenv.season import Identity, MatchState, by_external_id
-
-REASON = "x-matchops-reason"
-ERROR = "x-matchops-error"
-REDELIVERED = "x-matchops-redelivered"
 
 
 @dataclass(frozen=True)
@@ -29,9 +26,9 @@ class DeadLetter:
         headers = message.headers
         return cls(
             message.body,
-            str(headers.get(REASON, "")),
-            str(headers.get(ERROR, "")),
-            headers.get(REDELIVERED) is True,
+            str(headers.get(REASON_HEADER, "")),
+            str(headers.get(ERROR_HEADER, "")),
+            headers.get(REDELIVERED_HEADER) is True,
         )
 
 

@@ -26,6 +26,7 @@ from matchops_devenv.outcome import stored_rows
 from matchops_devenv.procs import ServiceError
 from matchops_devenv.season import Identity, MatchState
 from matchops_devenv.worker import WorkerProcess
+from matchops_worker.deadletter import ERROR_HEADER, REASON_HEADER, REDELIVERED_HEADER
 from matchops_worker.durations import format_duration
 from matchops_worker.topology import Topology, build_topology, declare
 
@@ -395,13 +396,13 @@ def account(workload: Workload, dsn: str, dead: list[Message]) -> Tally:
     first_copies = Counter(
         message.properties.message_id
         for message in dead
-        if message.headers.get("x-matchops-redelivered") is not True
+        if message.headers.get(REDELIVERED_HEADER) is not True
     )
     wrong_reasons = {
-        str(m.properties.message_id): str(m.headers.get("x-matchops-reason"))
+        str(m.properties.message_id): str(m.headers.get(REASON_HEADER))
         for m in dead
         if m.properties.message_id in workload.poison
-        and m.headers.get("x-matchops-reason") != workload.poison[m.properties.message_id]
+        and m.headers.get(REASON_HEADER) != workload.poison[m.properties.message_id]
     }
     missing_poison = sorted(set(workload.poison) - set(seen))
     valid_dead = sorted(str(mid) for mid in seen if mid not in workload.poison)
@@ -417,10 +418,8 @@ def account(workload: Workload, dsn: str, dead: list[Message]) -> Tally:
         wrong_reasons=wrong_reasons,
         missing_poison=missing_poison,
         wrong_matches=wrong,
-        reasons=dict(Counter(str(m.headers.get("x-matchops-reason")) for m in dead)),
-        unexplained=[
-            str(m.properties.message_id) for m in dead if not m.headers.get("x-matchops-error")
-        ],
+        reasons=dict(Counter(str(m.headers.get(REASON_HEADER)) for m in dead)),
+        unexplained=[str(m.properties.message_id) for m in dead if not m.headers.get(ERROR_HEADER)],
     )
 
 

@@ -1,4 +1,3 @@
-import dataclasses
 from typing import Any
 
 import pika
@@ -34,7 +33,9 @@ def test_attempts_of(headers: dict[str, Any] | None, attempts: int) -> None:
     assert attempts_of(headers) == attempts
 
 
-def delivery(headers: dict[str, Any] | None, routing_key: str = "matches") -> Delivery:
+def delivery(
+    headers: dict[str, Any] | None, routing_key: str = "matches", redelivered: bool = False
+) -> Delivery:
     return Delivery(
         tag=1,
         exchange="matches",
@@ -43,6 +44,7 @@ def delivery(headers: dict[str, Any] | None, routing_key: str = "matches") -> De
         body=b"{}",
         parsed=Rejection(Reason.CONTRACT, "x"),
         attempts=attempts_of(headers),
+        redelivered=redelivered,
     )
 
 
@@ -64,7 +66,7 @@ def test_dead_letter_headers_carry_reason_and_error() -> None:
 
 
 def test_a_dead_letter_made_from_a_redelivery_says_so() -> None:
-    received = dataclasses.replace(delivery(None), redelivered=True)
+    received = delivery(None, redelivered=True)
     assert republished_headers(received, 0, "contract", "x")[REDELIVERED_HEADER] is True
     assert REDELIVERED_HEADER not in republished_headers(delivery(None), 0, "contract", "x")
 
@@ -74,7 +76,7 @@ def test_only_the_verdict_on_this_delivery_marks_a_redelivery() -> None:
     marked = {REDELIVERED_HEADER: True}
     assert REDELIVERED_HEADER not in republished_headers(delivery(marked), 0, "contract", "x")
     # A retry copy is a new message: its next delivery is a first one.
-    retried = dataclasses.replace(delivery(None), redelivered=True)
+    retried = delivery(None, redelivered=True)
     assert REDELIVERED_HEADER not in republished_headers(retried, 1)
 
 
