@@ -13,8 +13,15 @@ the TCP window it tracks, say, under load). Such a packet is not translated back
 it would reach the link address itself, where nothing listens, and the host would answer with
 a reset that kills the pod's connection. Dropped, it is sent again like any lost packet (the
 rule kube-proxy keeps for Services, for the same reason). Inside the node's namespace, which
-masquerades the pods' connections, window tracking is relaxed and invalid packets arriving
+translates the pods' connections, window tracking is relaxed and invalid packets arriving
 for the node itself are dropped too, for the same reason in the other direction.
+
+The node translates its pods' connections to its own address with a fixed SNAT rule, not the
+CNI plugin's masquerade: when a pod's interface was removed, connection tracking in the node's
+namespace forgot other, running pods' masqueraded connections, and the server's next packet,
+reaching the node's own address untranslated, was answered with a reset (a worker lost its
+broker and database sessions at once when the scraper's pod went away). Connections
+translated by SNAT are not tied to any interface and outlive the pods around them.
 """
 
 from __future__ import annotations
@@ -87,7 +94,12 @@ def create(network: NodeNetwork) -> None:
     # All are per network namespace: the host's own settings stay as they are.
     _sysctl_in(network, "net.ipv4.ip_forward", "1")
     _sysctl_in(network, "net.bridge.bridge-nf-call-iptables", "1")
-    # The node masquerades its pods' connections. A reply that connection tracking here found
+    # Pods' connections leave under the node's address (see the module's docstring).
+    pods = str(network.pod_subnet)
+    snat = ["-s", pods, "!", "-d", pods, "-o", network.node_link, "-j", "SNAT"]
+    to_node = ["--to-source", str(network.node_address)]
+    _run(in_netns(network, ["iptables", "-w", "-t", "nat", "-A", "POSTROUTING", *snat, *to_node]))
+    # The node translates its pods' connections. A reply that connection tracking here found
     # out of its window would not be translated back: it would reach the node's own address,
     # which answers with a reset, and the reset would go on to the server and end the pod's
     # connection. Window tracking is relaxed here (as kube-proxy can do for a node) and any

@@ -10,7 +10,7 @@ link network:
 
 Everything kube-proxy, the CNI plugins and the kubelet do to iptables happens inside the node's
 namespace, so concurrent nodes never see each other's rules and deleting the namespace removes
-them all. Pods leave the node masqueraded to the node's address; the host reaches the node (and
+them all. Pods leave the node translated to the node's address; the host reaches the node (and
 the API server reaches the kubelet) on the link. The pod subnet is private to the namespace,
 so every node may use the same one.
 """
@@ -150,8 +150,11 @@ def cni_conflist(network: NodeNetwork, ipam_dir: str) -> dict[str, object]:
                 "type": "bridge",
                 "bridge": network.bridge,
                 "isGateway": True,
-                # Pods leave the node under its address: the host needs no route to them.
-                "ipMasq": True,
+                # Pods leave the node under its address (the host needs no route to them), by
+                # the node's own SNAT rule rather than the plugin's masquerade: connection
+                # tracking forgot running pods' masqueraded connections when another pod's
+                # interface was removed, and their next reply was answered with a reset.
+                "ipMasq": False,
                 # A pod reaching itself through a Service's address comes back on its own port.
                 "hairpinMode": True,
                 "ipam": {

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pika
 import psycopg
@@ -356,14 +357,15 @@ def test_pods_reach_the_api_server_through_the_kubernetes_service(ns: Namespace)
 def test_kube_proxy_rules_stay_in_the_node_namespace(node: Node) -> None:
     network = node.network
     assert network is not None
-    inside = subprocess.run(
-        ["nsenter", f"--net=/run/netns/{network.netns}", "iptables-save", "-t", "nat"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+
+    def kube_proxy_rules() -> str | None:
+        listing = ["nsenter", f"--net=/run/netns/{network.netns}", "iptables-save", "-t", "nat"]
+        table = subprocess.run(listing, capture_output=True, text=True, check=True).stdout
+        return table if "default/kubernetes:https" in table else None
+
+    # kube-proxy writes its rules a moment after the node is up.
+    inside = wait_for(kube_proxy_rules, "kube-proxy's rules in the node's namespace")
     assert ":KUBE-SERVICES" in inside
-    assert "default/kubernetes:https" in inside
     host = subprocess.run(
         ["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True
     ).stdout
@@ -374,7 +376,7 @@ def test_kube_proxy_rules_stay_in_the_node_namespace(node: Node) -> None:
 
 
 def test_the_node_drops_packets_tracking_finds_invalid_rather_than_reset(node: Node) -> None:
-    # A reply out of the tracked window would otherwise miss the masquerade's translation and
+    # A reply out of the tracked window would otherwise miss the node's translation and
     # be answered with a reset that ends a pod's connection to the broker or the database.
     network = node.network
     assert network is not None
@@ -395,3 +397,79 @@ def test_the_node_drops_packets_tracking_finds_invalid_rather_than_reset(node: N
         line.startswith(f"-A INPUT -i {network.host_link}") and "--ctstate INVALID" in line
         for line in host_rules.splitlines()
     ), host_rules
+
+
+HOLD_CONNECTION = """
+import socket, sys, time
+connection = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+print("connected", flush=True)
+time.sleep(300)
+"""
+
+
+def node_nat_rules(node: Node) -> list[str]:
+    """The node's nat table, each rule with its counters: `[packets:bytes] -A CHAIN ...`."""
+    network = node.network
+    assert network is not None
+    inside = ["nsenter", f"--net=/run/netns/{network.netns}"]
+    listing = [*inside, "iptables-save", "-c", "-t", "nat"]
+    return subprocess.run(listing, capture_output=True, text=True, check=True).stdout.splitlines()
+
+
+def snat_packets(node: Node) -> int:
+    """Connections the node's SNAT rule has translated so far (it sees each one's first packet)."""
+    network = node.network
+    assert network is not None
+    rules = [
+        line
+        for line in node_nat_rules(node)
+        if line.endswith(f"--to-source {network.node_address}")
+    ]
+    assert len(rules) == 1, rules
+    counters, rule = rules[0].split(" ", 1)
+    pods, to_node = network.pod_subnet, f"--to-source {network.node_address}"
+    assert rule == f"-A POSTROUTING -s {pods} ! -d {pods} -o {network.node_link} -j SNAT {to_node}"
+    return int(counters.strip("[]").split(":")[0])
+
+
+def plugin_masquerades(node: Node) -> list[str]:
+    """Masquerade rules in the CNI plugin's per-pod chains (its port mappings' excepted)."""
+    return [
+        rule
+        for rule in node_nat_rules(node)
+        if rule.endswith("-j MASQUERADE")
+        and rule.split()[2].startswith("CNI-")
+        and not rule.split()[2].startswith("CNI-HOSTPORT")
+    ]
+
+
+def test_pods_leave_the_node_by_its_snat_rule_not_a_masquerade(
+    ns: Namespace, node: Node, vhost: Vhost
+) -> None:
+    # With the CNI plugin's masquerade, removing one pod's interface made connection tracking
+    # forget other pods' connections, and the server's next packet was answered with a reset.
+    broker = urlsplit(node.reachable(vhost.url))
+    assert broker.hostname is not None
+    assert broker.port is not None
+    before = snat_packets(node)
+    command = ["python3", "-c", HOLD_CONNECTION, broker.hostname, str(broker.port)]
+    ns.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "hold"},
+            "spec": {
+                "terminationGracePeriodSeconds": 1,
+                "containers": [container(command, pull="IfNotPresent")],
+            },
+        }
+    )
+    try:
+        kubectl_until(ns, "wait", "--for=condition=Ready", "pod/hold")
+        wait_for(lambda: "connected" in ns.kubectl("logs", "hold"), "the pod's connection")
+        # While the pod runs, its connection has gone through the node's rule, and no chain of
+        # the plugin masquerades it.
+        assert snat_packets(node) > before
+        assert plugin_masquerades(node) == []
+    finally:
+        ns.kubectl("delete", "pod/hold", "--wait=false")
