@@ -99,11 +99,11 @@ def create(network: NodeNetwork) -> None:
     snat = ["-s", pods, "!", "-d", pods, "-o", network.node_link, "-j", "SNAT"]
     to_node = ["--to-source", str(network.node_address)]
     _run(in_netns(network, ["iptables", "-w", "-t", "nat", "-A", "POSTROUTING", *snat, *to_node]))
-    # The node translates its pods' connections. A reply that connection tracking here found
-    # out of its window would not be translated back: it would reach the node's own address,
-    # which answers with a reset, and the reset would go on to the server and end the pod's
-    # connection. Window tracking is relaxed here (as kube-proxy can do for a node) and any
-    # packet still found invalid on its way in is dropped, to be sent again.
+    # A reply that connection tracking here found out of its window would not be translated
+    # back: it would reach the node's own address, which answers with a reset, and the reset
+    # would go on to the server and end the pod's connection. Window tracking is relaxed here
+    # (as kube-proxy can do for a node) and any packet still found invalid on its way in is
+    # dropped, to be sent again.
     _sysctl_in(network, "net.netfilter.nf_conntrack_tcp_be_liberal", "1")
     _run(in_netns(network, ["iptables", "-w", "-I", "INPUT", *_drop_invalid(network.node_id)]))
     chain = network.chain
