@@ -21,6 +21,7 @@ import pytest
 from matchops_devenv import toolchain
 from matchops_devenv.access import ClusterAccess
 from matchops_devenv.broker_tools import Vhost
+from matchops_devenv.hostnet import in_netns
 from matchops_devenv.images import PAUSE_IMAGE, PROJECT_IMAGE
 from matchops_devenv.namespace import Namespace
 from matchops_devenv.node import Node
@@ -354,21 +355,33 @@ def test_pods_reach_the_api_server_through_the_kubernetes_service(ns: Namespace)
     assert result == {"status": 200, "host": service["spec"]["clusterIP"]}
 
 
+def output(argv: list[str]) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+
+def in_node(node: Node, argv: list[str]) -> str:
+    """What `argv` prints run in the node's network namespace."""
+    assert node.network is not None
+    return output(in_netns(node.network, argv))
+
+
+def node_nat_rules(node: Node) -> list[str]:
+    """The node's nat table, each rule with its counters: `[packets:bytes] -A CHAIN ...`."""
+    return in_node(node, ["iptables-save", "-c", "-t", "nat"]).splitlines()
+
+
 def test_kube_proxy_rules_stay_in_the_node_namespace(node: Node) -> None:
     network = node.network
     assert network is not None
 
-    def kube_proxy_rules() -> str | None:
-        listing = ["nsenter", f"--net=/run/netns/{network.netns}", "iptables-save", "-t", "nat"]
-        table = subprocess.run(listing, capture_output=True, text=True, check=True).stdout
-        return table if "default/kubernetes:https" in table else None
+    def kube_proxy_rules() -> list[str] | None:
+        table = node_nat_rules(node)
+        return table if any("default/kubernetes:https" in line for line in table) else None
 
     # kube-proxy writes its rules a moment after the node is up.
     inside = wait_for(kube_proxy_rules, "kube-proxy's rules in the node's namespace")
-    assert ":KUBE-SERVICES" in inside
-    host = subprocess.run(
-        ["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True
-    ).stdout
+    assert any(line.startswith(":KUBE-SERVICES") for line in inside)
+    host = output(["iptables-save", "-t", "nat"])
     ours = [line for line in host.splitlines() if network.node_id in line]
     assert ours
     assert all(network.chain in line for line in ours), ours
@@ -380,19 +393,14 @@ def test_the_node_drops_packets_tracking_finds_invalid_rather_than_reset(node: N
     # be answered with a reset that ends a pod's connection to the broker or the database.
     network = node.network
     assert network is not None
-    inside = ["nsenter", f"--net=/run/netns/{network.netns}"]
     liberal = ["sysctl", "-n", "net.netfilter.nf_conntrack_tcp_be_liberal"]
-
-    def run(argv: list[str]) -> str:
-        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-
-    assert run([*inside, *liberal]).strip() == "1"
-    node_rules = run([*inside, "iptables-save", "-t", "filter"])
+    assert in_node(node, liberal).strip() == "1"
+    node_rules = in_node(node, ["iptables-save", "-t", "filter"])
     assert any(
         line.startswith("-A INPUT") and "--ctstate INVALID" in line and line.endswith("-j DROP")
         for line in node_rules.splitlines()
     ), node_rules
-    host_rules = run(["iptables-save", "-t", "filter"])
+    host_rules = output(["iptables-save", "-t", "filter"])
     assert any(
         line.startswith(f"-A INPUT -i {network.host_link}") and "--ctstate INVALID" in line
         for line in host_rules.splitlines()
@@ -407,27 +415,15 @@ time.sleep(300)
 """
 
 
-def node_nat_rules(node: Node) -> list[str]:
-    """The node's nat table, each rule with its counters: `[packets:bytes] -A CHAIN ...`."""
-    network = node.network
-    assert network is not None
-    inside = ["nsenter", f"--net=/run/netns/{network.netns}"]
-    listing = [*inside, "iptables-save", "-c", "-t", "nat"]
-    return subprocess.run(listing, capture_output=True, text=True, check=True).stdout.splitlines()
-
-
 def snat_packets(node: Node) -> int:
     """Connections the node's SNAT rule has translated so far (it sees each one's first packet)."""
     network = node.network
     assert network is not None
-    rules = [
-        line
-        for line in node_nat_rules(node)
-        if line.endswith(f"--to-source {network.node_address}")
-    ]
+    to_node = f"--to-source {network.node_address}"
+    rules = [line for line in node_nat_rules(node) if line.endswith(to_node)]
     assert len(rules) == 1, rules
     counters, rule = rules[0].split(" ", 1)
-    pods, to_node = network.pod_subnet, f"--to-source {network.node_address}"
+    pods = network.pod_subnet
     assert rule == f"-A POSTROUTING -s {pods} ! -d {pods} -o {network.node_link} -j SNAT {to_node}"
     return int(counters.strip("[]").split(":")[0])
 
