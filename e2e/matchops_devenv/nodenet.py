@@ -151,9 +151,7 @@ def cni_conflist(network: NodeNetwork, ipam_dir: str) -> dict[str, object]:
                 "bridge": network.bridge,
                 "isGateway": True,
                 # Pods leave the node under its address (the host needs no route to them), by
-                # the node's own SNAT rule rather than the plugin's masquerade: connection
-                # tracking forgot running pods' masqueraded connections when another pod's
-                # interface was removed, and their next reply was answered with a reset.
+                # the node's own SNAT rule rather than the plugin's masquerade (hostnet says why).
                 "ipMasq": False,
                 # A pod reaching itself through a Service's address comes back on its own port.
                 "hairpinMode": True,

@@ -434,8 +434,8 @@ def plugin_masquerades(node: Node) -> list[str]:
         rule
         for rule in node_nat_rules(node)
         if rule.endswith("-j MASQUERADE")
-        and rule.split()[2].startswith("CNI-")
-        and not rule.split()[2].startswith("CNI-HOSTPORT")
+        and (chain := rule.split()[2]).startswith("CNI-")
+        and not chain.startswith("CNI-HOSTPORT")
     ]
 
 

@@ -101,8 +101,7 @@ def test_cni_configuration_uses_the_node_bridge_and_subnet(tmp_path: Path) -> No
     assert bridge["type"] == "bridge"
     assert bridge["bridge"] == "matchops0"
     assert bridge["isGateway"] is True
-    # The node translates its pods' connections with its own SNAT rule (hostnet), not the
-    # plugin's masquerade, whose connections another pod's teardown could make it forget.
+    # The node translates its pods' connections with its own SNAT rule (hostnet).
     assert bridge["ipMasq"] is False
     assert bridge["ipam"]["ranges"] == [[{"subnet": "10.244.0.0/24"}]]
     # host-local keeps its leases in the node's directory, not /var/lib/cni/networks.
