@@ -7,6 +7,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 
 class KubectlError(RuntimeError):
     """kubectl exited with an error; the message carries its command line and stderr."""
@@ -47,3 +49,22 @@ class ClusterAccess:
         if check and result.returncode != 0:
             raise KubectlError(list(args), result.returncode, result.stdout, result.stderr)
         return result
+
+    def service_account_kubeconfig(self, namespace: str, name: str, path: Path) -> Path:
+        """A kubeconfig at `path` that authenticates as the ServiceAccount, by a short-lived
+        token: what a program running with that account may do, and nothing more."""
+        token = self.kubectl("create", "token", name, "-n", namespace, "--duration=1h")
+        admin = yaml.safe_load(self.kubeconfig.read_text())
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": admin["clusters"][:1],
+            "users": [{"name": name, "user": {"token": token.stdout.strip()}}],
+            "contexts": [
+                {"name": name, "context": {"cluster": admin["clusters"][0]["name"], "user": name}}
+            ],
+            "current-context": name,
+        }
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        return path

@@ -10,6 +10,11 @@ from matchops_operator.desired.common import PullPolicy
 PULL_POLICIES: tuple[PullPolicy, ...] = ("Always", "IfNotPresent", "Never")
 
 
+def is_pattern(namespace: str) -> bool:
+    """Whether a served namespace is one of kopf's patterns (glob, negation, list), not a name."""
+    return any(char in namespace for char in "*?[!,")
+
+
 @dataclass(frozen=True)
 class OperatorSettings:
     """How the operator runs; every field has a flag and an environment variable (main.py)."""

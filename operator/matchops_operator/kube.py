@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 
 import httpx2
 import kopf
-from lightkube import ApiError, AsyncClient, KubeConfig
+from lightkube import ALL_NS, ApiError, AsyncClient, KubeConfig
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.models.core_v1 import EventSource, ObjectReference
 from lightkube.models.meta_v1 import ObjectMeta
@@ -101,16 +101,25 @@ class Kube:
                 "SecretKeyNotFound", f"{ref.source(namespace)} does not hold text ({purpose})"
             ) from exc
 
-    async def ingestions(self, namespace: str) -> list[dict[str, Any]]:
-        """The MatchIngestions of `namespace`, as plain objects."""
+    async def ingestions(self, namespace: str | None) -> list[dict[str, Any]]:
+        """The MatchIngestions of `namespace`, or of every namespace (None), as plain objects.
+
+        A listing the operator has no permission for raises `ListForbidden`.
+        """
+        where = f"in {namespace}" if namespace else "in every namespace"
         try:
             return [
                 item.to_dict()  # type: ignore[no-untyped-call]
-                async for item in self._client.list(MatchIngestion, namespace=namespace)
+                async for item in self._client.list(MatchIngestion, namespace=namespace or ALL_NS)
             ]
         except ApiError as exc:
+            if exc.status.code == _FORBIDDEN:
+                raise stalled(
+                    "ListForbidden",
+                    f"the operator may not list MatchIngestions {where}: {exc.status.message}",
+                ) from exc
             raise retrying(
-                "APIError", f"listing MatchIngestions in {namespace}: {exc.status.message}"
+                "APIError", f"listing MatchIngestions {where}: {exc.status.message}"
             ) from exc
 
     async def get(self, kind: type[Child], owner: Owner, name: str) -> Child | None:

@@ -15,7 +15,7 @@ import kopf
 from matchops_worker.durations import DurationError, parse_duration
 
 from matchops_operator import handlers
-from matchops_operator.config import PULL_POLICIES, OperatorSettings
+from matchops_operator.config import PULL_POLICIES, OperatorSettings, is_pattern
 from matchops_operator.desired.common import MANAGER, PullPolicy
 from matchops_operator.kube import Kube
 from matchops_operator.reconciler import Reconciler
@@ -157,7 +157,7 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     # Listed namespaces are served as they are: no cluster-wide namespace (and CRD) watching,
     # which a namespaced installation has no permission for. Patterns need the listing.
     configured.scanning.disabled = bool(settings.namespaces) and not any(
-        _is_pattern(namespace) for namespace in settings.namespaces
+        is_pattern(namespace) for namespace in settings.namespaces
     )
     # A resource's deletion waits for its poll timer to stop; when a poll is running then, kopf
     # looks again after this long (its default, a minute, would hold every deletion that long).
@@ -223,10 +223,6 @@ class QuietPolls(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.getMessage() != f"Timer {handlers.POLL!r} succeeded."
-
-
-def _is_pattern(namespace: str) -> bool:
-    return any(char in namespace for char in "*?[!,")
 
 
 def _flag(value: str) -> bool:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,7 @@ from matchops_operator.kube import Kube
 from matchops_operator.plans import WorkersPlan, created_event, plan_workers
 from matchops_operator.problems import Problem, as_problem, stalled
 from matchops_operator.retries import Attempts, after_attempt
-from matchops_operator.sharing import Neighbour, endpoint_of, sharers
+from matchops_operator.sharing import Neighbour, display_name, endpoint_of, search_scope, sharers
 from matchops_operator.spec import MatchIngestionSpec, SpecError, WorkersSpec, parse_spec
 from matchops_operator.status import (
     OWNED,
@@ -176,7 +176,7 @@ class Reconciler:
 
     async def delete(self, body: Mapping[str, Any]) -> Outcome:
         """Honour deletionPolicy: Retain keeps the queues, Delete removes them, unless another
-        MatchIngestion of the namespace uses them too (see `sharing`).
+        MatchIngestion uses them too (see `sharing`).
 
         A broker that cannot be reached is retried with backoff (the resource stays until the
         queues are gone, or until deletionPolicy is changed to Retain). A Secret that is gone,
@@ -196,7 +196,9 @@ class Reconciler:
             return Outcome(done=f"deletionPolicy Retain: kept queues {names}")
         try:
             access = await _broker_access(self._kube, owner, spec)
-            users = await _sharers(self._kube, owner, spec, access, topology)
+            users = await _sharers(
+                self._kube, owner, spec, access, topology, self._settings.namespaces
+            )
             if users:
                 message = (
                     f"queues {names} kept on the broker: MatchIngestion {', '.join(users)} "
@@ -341,7 +343,9 @@ class _Run:
         """A Warning Event when other MatchIngestions use the same queue: each would size
         its own workers to the whole backlog."""
         try:
-            users = await _sharers(self.kube, self.owner, spec, access, topology)
+            users = await _sharers(
+                self.kube, self.owner, spec, access, topology, self.settings.namespaces
+            )
         except Exception:
             log.warning("could not look for other users of %s", topology.queue, exc_info=True)
             return
@@ -488,15 +492,17 @@ async def _sharers(
     spec: MatchIngestionSpec,
     access: broker.BrokerAccess,
     topology: Topology,
+    served: Sequence[str],
 ) -> list[str]:
-    """The other MatchIngestions of the namespace that use this one's queues on the same
-    broker, except those being deleted."""
+    """The other MatchIngestions that use this one's queues on the same broker, except those
+    being deleted; those of other namespaces as `namespace/name`."""
     mine = frozenset(queue.name for queue in topology.queues)
     neighbours = []
-    for body in await kube.ingestions(owner.namespace):
+    for body in await _ingestions_around(kube, owner, served):
         metadata = body.get("metadata") or {}
         if metadata.get("uid") == owner.uid or metadata.get("deletionTimestamp"):
             continue
+        namespace = metadata.get("namespace") or owner.namespace
         try:
             other = parse_spec(body.get("spec") or {})
             queues = frozenset(q.name for q in topology_for(metadata["name"], other.broker).queues)
@@ -505,15 +511,43 @@ async def _sharers(
         if not mine & queues:
             continue  # no queue of the same name: its broker does not matter
         ref = other.broker.secret_ref
-        same_secret = ref == spec.broker.secret_ref
+        same_secret = namespace == owner.namespace and ref == spec.broker.secret_ref
         endpoint = None
         if not same_secret:
             # A Secret that cannot be read names no broker this pipeline could share.
             with contextlib.suppress(Problem):
-                url = await kube.secret_value(owner.namespace, ref, "a broker URL")
+                url = await kube.secret_value(namespace, ref, "a broker URL")
                 endpoint = endpoint_of(url)
-        neighbours.append(Neighbour(metadata["name"], queues, same_secret, endpoint))
+        name = display_name(namespace, metadata["name"], owner.namespace)
+        neighbours.append(Neighbour(name, queues, same_secret, endpoint))
     return sharers(mine, endpoint_of(access.amqp_url), neighbours)
+
+
+async def _ingestions_around(
+    kube: Kube, owner: Owner, served: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The MatchIngestions the operator may list (see `search_scope`): in every namespace, or
+    in those it serves. Where it may not list them, it looks in the pipeline's own only."""
+    scope = search_scope(served, owner.namespace)
+    if scope is None:
+        try:
+            return await kube.ingestions(None)
+        except Problem as exc:
+            if exc.reason != "ListForbidden":
+                raise
+            log.warning(
+                "looking for other users of the queues in %s only: %s", owner.namespace, exc
+            )
+            scope = (owner.namespace,)
+    found = []
+    for namespace in scope:
+        try:
+            found.extend(await kube.ingestions(namespace))
+        except Problem as exc:
+            if exc.reason != "ListForbidden" or namespace == owner.namespace:
+                raise
+            log.warning("not looking for other users of the queues in %s: %s", namespace, exc)
+    return found
 
 
 def _limits(workers: WorkersSpec) -> scaling.Limits:

@@ -5,13 +5,19 @@ under another name. `deletionPolicy: Delete` then deletes the queues only with t
 them: the others' messages are never deleted with a resource that merely shared them. Two
 resources share a broker when they read the same Secret key, or when their URLs name the same
 host, port and virtual host (credentials aside).
+
+The queue defaults to the resource's name, so the same pipeline applied in two namespaces
+(staging and production, say) names the same queues: resources of other namespaces count as
+well, wherever the operator may list them (`search_scope`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
+
+from matchops_operator.config import is_pattern
 
 DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
 
@@ -27,7 +33,10 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class Neighbour:
-    """Another MatchIngestion of the namespace: its queues and where they live."""
+    """Another MatchIngestion: its queues and where they live.
+
+    `name` is as users are told it: `namespace/name` for a resource of another namespace.
+    """
 
     name: str
     queues: frozenset[str]
@@ -49,6 +58,23 @@ def endpoint_of(amqp_url: str) -> Endpoint | None:
     # As pika reads it: no path, or a bare slash, is the default virtual host "/".
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
     return Endpoint(parts.hostname.lower(), port or DEFAULT_PORTS[parts.scheme], vhost)
+
+
+def search_scope(served: Sequence[str], own: str) -> tuple[str, ...] | None:
+    """The namespaces to look in for other users of a pipeline's queues; None for all of them.
+
+    An operator that serves every namespace, or namespaces by pattern, may list MatchIngestions
+    in all of them; one that serves listed namespaces may list them in those only (its own
+    first).
+    """
+    if not served or any(is_pattern(namespace) for namespace in served):
+        return None
+    return (own, *sorted(set(served) - {own}))
+
+
+def display_name(namespace: str, name: str, own: str) -> str:
+    """A resource's name as a pipeline of namespace `own` names it in its Events."""
+    return name if namespace == own else f"{namespace}/{name}"
 
 
 def sharers(

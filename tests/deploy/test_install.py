@@ -341,29 +341,6 @@ def test_samples_apply_to_the_namespaced_overlay(
 # ---- the operator program, with nothing but the chart's permissions ------------------------
 
 
-def service_account_kubeconfig(
-    cluster: ClusterAccess, namespace: str, name: str, path: Path
-) -> Path:
-    """A kubeconfig that authenticates as the ServiceAccount, by a short-lived token."""
-    token = cluster.kubectl(
-        "create", "token", name, "-n", namespace, "--duration=1h"
-    ).stdout.strip()
-    admin = yaml.safe_load(cluster.kubeconfig.read_text())
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": admin["clusters"][:1],
-        "users": [{"name": name, "user": {"token": token}}],
-        "contexts": [
-            {"name": name, "context": {"cluster": admin["clusters"][0]["name"], "user": name}}
-        ],
-        "current-context": name,
-    }
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
-    return path
-
-
 def start_operator(
     cluster: ClusterAccess, release: str, namespace: str, state_dir: Path
 ) -> Service:
@@ -374,8 +351,8 @@ def start_operator(
     objs = load_all(manifest)
     container = operator_container(objs)
     name = f"{release}-matchops"
-    kubeconfig = service_account_kubeconfig(
-        cluster, namespace, name, state_dir / "operator.kubeconfig"
+    kubeconfig = cluster.service_account_kubeconfig(
+        namespace, name, state_dir / "operator.kubeconfig"
     )
     env = env_of(container, namespace)
     env.update(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import re
 import socket
 import threading
@@ -18,6 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -101,11 +103,16 @@ def pipeline(
 
 @contextmanager
 def running_operator(
-    pipeline: Pipeline, worker_image: str = WORKER_IMAGE, backoff: tuple[float, float] = (0.5, 2.0)
+    pipeline: Pipeline,
+    worker_image: str = WORKER_IMAGE,
+    backoff: tuple[float, float] = (0.5, 2.0),
+    namespaces: tuple[str, ...] = (),
 ) -> Iterator[KopfRunner]:
-    """The operator watching the test's namespace: 1 s polls, short backoff (first, most)."""
+    """The operator watching the test's namespace (or `namespaces`, names or patterns): 1 s
+    polls, short backoff (first, most)."""
+    namespaces = namespaces or (pipeline.name,)
     settings = OperatorSettings(
-        namespaces=(pipeline.name,),
+        namespaces=namespaces,
         poll_interval=1.0,
         worker_image=worker_image,
         # No registry is reached: a node that started for other tests does not pull the image.
@@ -116,7 +123,7 @@ def running_operator(
         retry_max_delay=backoff[1],
         kubeconfig=pipeline.cluster.kubeconfig,
     )
-    args = ["run", "--standalone", "--namespace", pipeline.name]
+    args = ["run", "--standalone", *(f"--namespace={namespace}" for namespace in namespaces)]
     with KopfRunner(
         args, registry=build(settings), settings=kopf_settings(settings), timeout=60
     ) as runner:
@@ -705,6 +712,134 @@ def test_queues_shared_with_another_pipeline_go_only_with_the_last_of_them(
     assert pipeline.queue("matches") is None
     assert pipeline.queue("matches.dlq") is None
     assert pipeline.policy("matchops.matches") is None
+
+
+@pytest.fixture
+def staging(pipeline: Pipeline) -> Iterator[Pipeline]:
+    """A second namespace, `<test's namespace>-staging`, on the same broker virtual host."""
+    other = Pipeline(
+        pipeline.cluster, f"{pipeline.name}-staging", pipeline.vhost, pipeline.rabbitmq
+    )
+    pipeline.cluster.kubectl("create", "namespace", other.name)
+    yield other
+    pipeline.cluster.kubectl(
+        "delete", "namespace", other.name, "--wait=false", "--ignore-not-found", check=False
+    )
+
+
+def test_the_same_pipeline_in_another_namespace_keeps_the_queues_it_shares(
+    pipeline: Pipeline, staging: Pipeline
+) -> None:
+    # The queue is named after the resource by default: the same manifest applied in two
+    # namespaces, against one broker, makes two pipelines on one queue.
+    manifest = sample("legacy-celery.yaml", broker__deletionPolicy="Delete")
+    for space in (pipeline, staging):
+        space.secrets()
+    # A pattern serves both namespaces; the operator may then list MatchIngestions in all.
+    with running_operator(pipeline, namespaces=(f"{pipeline.name}*",)):
+        staging.apply(manifest)
+        staging.wait_condition("matches", "Ready", "True")
+        pipeline.apply(manifest)
+        pipeline.wait_condition("matches", "Ready", "True")
+
+        def shared() -> list[str]:
+            events = pipeline.events("matches")
+            return [e["message"] for e in events if e["reason"] == "QueueShared"]
+
+        wait_for(shared, "a QueueShared Event")
+        (warning,) = shared()
+        expected = f"queue matches is also used by MatchIngestion {staging.name}/matches:"
+        assert warning.startswith(expected), warning
+        pipeline.vhost.publish("matches", "matches", [b"{}"] * 5)
+
+        pipeline.kubectl("delete", "matchingestion", "matches", "--wait=true", "--timeout=60s")
+        assert pipeline.vhost.depth("matches") == 5
+        kept = [e["message"] for e in pipeline.events("matches") if e["reason"] == "QueuesKept"]
+        assert len(kept) == 1, kept
+        assert f"MatchIngestion {staging.name}/matches uses them too" in kept[0], kept
+
+        staging.kubectl("delete", "matchingestion", "matches", "--wait=true", "--timeout=60s")
+        assert pipeline.queue("matches") is None
+        assert pipeline.queue("matches.dlq") is None
+
+
+def test_an_operator_serving_listed_namespaces_looks_only_in_them(
+    pipeline: Pipeline, staging: Pipeline
+) -> None:
+    # No operator runs: the reconciler's deletion is called as kopf would call it, by an
+    # operator that serves the test's namespace alone and so may not list the other.
+    manifest = sample("legacy-celery.yaml", broker__deletionPolicy="Delete")
+    for space in (pipeline, staging):
+        space.secrets()
+        space.apply(manifest)
+    body = pipeline.ingestion("matches")
+
+    async def delete(served: tuple[str, ...]) -> str:
+        settings = OperatorSettings(namespaces=served, kubeconfig=pipeline.cluster.kubeconfig)
+        kube = Kube.connect(pipeline.cluster.kubeconfig)
+        reconciler = Reconciler(kube, settings)
+        try:
+            return (await reconciler.delete(body)).summary
+        finally:
+            await reconciler.close()
+
+    both = asyncio.run(delete((pipeline.name, staging.name)))
+    assert f"MatchIngestion {staging.name}/matches uses them too" in both, both
+    alone = asyncio.run(delete((pipeline.name,)))
+    assert alone.startswith("deletionPolicy Delete: deleted queues matches, "), alone
+
+
+ALLOWED_IN_ONE_NAMESPACE = """
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: operator}
+rules:
+- {apiGroups: [matchops.dev], resources: [matchingestions], verbs: [get, list]}
+- {apiGroups: [""], resources: [secrets], verbs: [get]}
+- {apiGroups: [""], resources: [events], verbs: [create]}
+"""
+
+
+def test_an_operator_that_may_not_list_every_namespace_looks_in_the_pipelines_own(
+    pipeline: Pipeline, staging: Pipeline, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Served by pattern, which lets the operator look in every namespace, but allowed to list
+    # MatchIngestions in the test's namespace only: the deletion goes on with what it may see.
+    manifest = sample("legacy-celery.yaml", broker__deletionPolicy="Delete")
+    for space in (pipeline, staging):
+        space.secrets()
+        space.apply(manifest)
+    pipeline.kubectl("create", "serviceaccount", "operator")
+    pipeline.kubectl("apply", "-f", "-", input=ALLOWED_IN_ONE_NAMESPACE)
+    pipeline.kubectl(
+        "create",
+        "rolebinding",
+        "operator",
+        "--role=operator",
+        f"--serviceaccount={pipeline.name}:operator",
+    )
+    kubeconfig = pipeline.cluster.service_account_kubeconfig(
+        pipeline.name, "operator", tmp_path / "operator.kubeconfig"
+    )
+    body = pipeline.ingestion("matches")
+
+    async def delete() -> str:
+        settings = OperatorSettings(namespaces=(f"{pipeline.name}*",), kubeconfig=kubeconfig)
+        reconciler = Reconciler(Kube.connect(kubeconfig), settings)
+        try:
+            return (await reconciler.delete(body)).summary
+        finally:
+            await reconciler.close()
+
+    with caplog.at_level(logging.WARNING, logger="matchops_operator.reconciler"):
+        summary = asyncio.run(delete())
+    assert summary.startswith("deletionPolicy Delete: deleted queues matches, "), summary
+    looked = [
+        r.getMessage() for r in caplog.records if "other users of the queues" in r.getMessage()
+    ]
+    assert len(looked) == 1, looked
+    assert looked[0].startswith(f"looking for other users of the queues in {pipeline.name} only:")
+    assert "may not list MatchIngestions in every namespace" in looked[0], looked
 
 
 def test_a_deletion_run_again_tells_its_outcome_once(pipeline: Pipeline) -> None:

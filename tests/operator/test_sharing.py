@@ -1,7 +1,14 @@
 """Which other MatchIngestions share a pipeline's queues (pure)."""
 
 import pytest
-from matchops_operator.sharing import Endpoint, Neighbour, endpoint_of, sharers
+from matchops_operator.sharing import (
+    Endpoint,
+    Neighbour,
+    display_name,
+    endpoint_of,
+    search_scope,
+    sharers,
+)
 
 
 @pytest.mark.parametrize(
@@ -59,3 +66,25 @@ def test_a_pipeline_whose_own_url_is_unreadable_shares_only_by_secret() -> None:
         Neighbour("same-secret", frozenset(QUEUES), same_secret=True),
     ]
     assert sharers(QUEUES, None, others) == ["same-secret"]
+
+
+@pytest.mark.parametrize(
+    ("served", "scope"),
+    [
+        ((), None),
+        (("ingest-*",), None),
+        (("ingest", "!kube-system"), None),
+        (("ingest",), ("ingest",)),
+        (("staging", "ingest", "prod", "ingest"), ("ingest", "prod", "staging")),
+    ],
+    ids=["every-namespace", "glob", "negation", "own-only", "listed"],
+)
+def test_other_users_are_looked_for_wherever_the_operator_may_list_them(
+    served: tuple[str, ...], scope: tuple[str, ...] | None
+) -> None:
+    assert search_scope(served, "ingest") == scope
+
+
+def test_a_resource_of_another_namespace_is_named_with_its_namespace() -> None:
+    assert display_name("ingest", "matches", "ingest") == "matches"
+    assert display_name("staging", "matches", "ingest") == "staging/matches"
