@@ -55,6 +55,16 @@ class Pipeline(Namespace):
         self.secret("rabbitmq", broker)
         self.secret("postgres", {"dsn": "postgresql://matchops@postgres:5432/matches"})
 
+    def messages(self, name: str, reason: str) -> list[str]:
+        """The messages of the Events with `reason` about `name`, oldest first."""
+        return [e["message"] for e in self.events(name) if e["reason"] == reason]
+
+    def only_message(self, name: str, reason: str) -> str:
+        """The message of the one Event with `reason` about `name`, once it is recorded."""
+        wait_for(lambda: self.messages(name, reason), f"a {reason} Event about {name}")
+        (message,) = self.messages(name, reason)
+        return message
+
     def replicas(self, name: str) -> int:
         replicas: int = self.get("deployment", f"{name}-worker")["spec"]["replicas"]
         return replicas
@@ -691,20 +701,16 @@ def test_queues_shared_with_another_pipeline_go_only_with_the_last_of_them(
     pipeline.wait_condition("matches-copy", "Ready", "True")
     # The one applied second is told: two pipelines would each size workers to one backlog.
 
-    def shared(name: str) -> list[str]:
-        return [e["message"] for e in pipeline.events(name) if e["reason"] == "QueueShared"]
-
-    wait_for(lambda: shared("matches-copy"), "a QueueShared Event")
-    (warning,) = shared("matches-copy")
+    warning = pipeline.only_message("matches-copy", "QueueShared")
     assert warning.startswith("queue matches is also used by MatchIngestion matches:"), warning
-    assert shared("matches") == []
+    assert pipeline.messages("matches", "QueueShared") == []
     pipeline.vhost.publish("matches", "matches", [b"{}"] * 5)
 
     pipeline.kubectl("delete", "matchingestion", "matches", "--wait=true", "--timeout=60s")
     assert pipeline.vhost.depth("matches") == 5
     assert pipeline.queue("matches.dlq") is not None
     assert pipeline.policy("matchops.matches") is not None
-    kept = [e["message"] for e in pipeline.events("matches") if e["reason"] == "QueuesKept"]
+    kept = pipeline.messages("matches", "QueuesKept")
     assert len(kept) == 1, kept
     assert "kept on the broker: MatchIngestion matches-copy uses them too" in kept[0]
 
@@ -714,13 +720,33 @@ def test_queues_shared_with_another_pipeline_go_only_with_the_last_of_them(
     assert pipeline.policy("matchops.matches") is None
 
 
+def deletion_summaries(
+    body: dict[str, Any], served: tuple[str, ...], kubeconfig: Path, times: int = 1
+) -> list[str]:
+    """Call the reconciler's deletion `times`, as kopf would for an operator that serves
+    `served` and authenticates with `kubeconfig`; no operator runs."""
+
+    async def delete() -> list[str]:
+        settings = OperatorSettings(namespaces=served, kubeconfig=kubeconfig)
+        reconciler = Reconciler(Kube.connect(kubeconfig), settings)
+        try:
+            return [(await reconciler.delete(body)).summary for _ in range(times)]
+        finally:
+            await reconciler.close()
+
+    return asyncio.run(delete())
+
+
 @pytest.fixture
 def staging(pipeline: Pipeline) -> Iterator[Pipeline]:
-    """A second namespace, `<test's namespace>-staging`, on the same broker virtual host."""
+    """A second namespace, `<test's namespace>-staging`, on the same broker virtual host; both
+    namespaces have their Secrets."""
     other = Pipeline(
         pipeline.cluster, f"{pipeline.name}-staging", pipeline.vhost, pipeline.rabbitmq
     )
     pipeline.cluster.kubectl("create", "namespace", other.name)
+    for space in (pipeline, other):
+        space.secrets()
     yield other
     pipeline.cluster.kubectl(
         "delete", "namespace", other.name, "--wait=false", "--ignore-not-found", check=False
@@ -733,28 +759,20 @@ def test_the_same_pipeline_in_another_namespace_keeps_the_queues_it_shares(
     # The queue is named after the resource by default: the same manifest applied in two
     # namespaces, against one broker, makes two pipelines on one queue.
     manifest = sample("legacy-celery.yaml", broker__deletionPolicy="Delete")
-    for space in (pipeline, staging):
-        space.secrets()
     # A pattern serves both namespaces; the operator may then list MatchIngestions in all.
     with running_operator(pipeline, namespaces=(f"{pipeline.name}*",)):
         staging.apply(manifest)
         staging.wait_condition("matches", "Ready", "True")
         pipeline.apply(manifest)
         pipeline.wait_condition("matches", "Ready", "True")
-
-        def shared() -> list[str]:
-            events = pipeline.events("matches")
-            return [e["message"] for e in events if e["reason"] == "QueueShared"]
-
-        wait_for(shared, "a QueueShared Event")
-        (warning,) = shared()
+        warning = pipeline.only_message("matches", "QueueShared")
         expected = f"queue matches is also used by MatchIngestion {staging.name}/matches:"
         assert warning.startswith(expected), warning
         pipeline.vhost.publish("matches", "matches", [b"{}"] * 5)
 
         pipeline.kubectl("delete", "matchingestion", "matches", "--wait=true", "--timeout=60s")
         assert pipeline.vhost.depth("matches") == 5
-        kept = [e["message"] for e in pipeline.events("matches") if e["reason"] == "QueuesKept"]
+        kept = pipeline.messages("matches", "QueuesKept")
         assert len(kept) == 1, kept
         assert f"MatchIngestion {staging.name}/matches uses them too" in kept[0], kept
 
@@ -770,22 +788,11 @@ def test_an_operator_serving_listed_namespaces_looks_only_in_them(
     # operator that serves the test's namespace alone and so may not list the other.
     manifest = sample("legacy-celery.yaml", broker__deletionPolicy="Delete")
     for space in (pipeline, staging):
-        space.secrets()
         space.apply(manifest)
-    body = pipeline.ingestion("matches")
-
-    async def delete(served: tuple[str, ...]) -> str:
-        settings = OperatorSettings(namespaces=served, kubeconfig=pipeline.cluster.kubeconfig)
-        kube = Kube.connect(pipeline.cluster.kubeconfig)
-        reconciler = Reconciler(kube, settings)
-        try:
-            return (await reconciler.delete(body)).summary
-        finally:
-            await reconciler.close()
-
-    both = asyncio.run(delete((pipeline.name, staging.name)))
+    body, kubeconfig = pipeline.ingestion("matches"), pipeline.cluster.kubeconfig
+    (both,) = deletion_summaries(body, (pipeline.name, staging.name), kubeconfig)
     assert f"MatchIngestion {staging.name}/matches uses them too" in both, both
-    alone = asyncio.run(delete((pipeline.name,)))
+    (alone,) = deletion_summaries(body, (pipeline.name,), kubeconfig)
     assert alone.startswith("deletionPolicy Delete: deleted queues matches, "), alone
 
 
@@ -807,7 +814,6 @@ def test_an_operator_that_may_not_list_every_namespace_looks_in_the_pipelines_ow
     # MatchIngestions in the test's namespace only: the deletion goes on with what it may see.
     manifest = sample("legacy-celery.yaml", broker__deletionPolicy="Delete")
     for space in (pipeline, staging):
-        space.secrets()
         space.apply(manifest)
     pipeline.kubectl("create", "serviceaccount", "operator")
     pipeline.kubectl("apply", "-f", "-", input=ALLOWED_IN_ONE_NAMESPACE)
@@ -822,17 +828,8 @@ def test_an_operator_that_may_not_list_every_namespace_looks_in_the_pipelines_ow
         pipeline.name, "operator", tmp_path / "operator.kubeconfig"
     )
     body = pipeline.ingestion("matches")
-
-    async def delete() -> str:
-        settings = OperatorSettings(namespaces=(f"{pipeline.name}*",), kubeconfig=kubeconfig)
-        reconciler = Reconciler(Kube.connect(kubeconfig), settings)
-        try:
-            return (await reconciler.delete(body)).summary
-        finally:
-            await reconciler.close()
-
     with caplog.at_level(logging.WARNING, logger="matchops_operator.reconciler"):
-        summary = asyncio.run(delete())
+        (summary,) = deletion_summaries(body, (f"{pipeline.name}*",), kubeconfig)
     assert summary.startswith("deletionPolicy Delete: deleted queues matches, "), summary
     looked = [
         r.getMessage() for r in caplog.records if "other users of the queues" in r.getMessage()
@@ -851,20 +848,10 @@ def test_a_deletion_run_again_tells_its_outcome_once(pipeline: Pipeline) -> None
         manifest["metadata"]["name"] = name
         pipeline.apply(manifest)
     body = pipeline.ingestion("matches")
-    settings = OperatorSettings(namespaces=(pipeline.name,), kubeconfig=pipeline.cluster.kubeconfig)
-
-    async def delete_twice() -> list[str]:
-        kube = Kube.connect(pipeline.cluster.kubeconfig)
-        reconciler = Reconciler(kube, settings)
-        try:
-            return [(await reconciler.delete(body)).summary for _ in range(2)]
-        finally:
-            await reconciler.close()
-
-    first, second = asyncio.run(delete_twice())
+    first, second = deletion_summaries(body, (pipeline.name,), pipeline.cluster.kubeconfig, 2)
     assert first == second
     assert "kept on the broker: MatchIngestion matches-copy uses them too" in first, first
-    kept = [e["message"] for e in pipeline.events("matches") if e["reason"] == "QueuesKept"]
+    kept = pipeline.messages("matches", "QueuesKept")
     assert kept == [first]
 
 
