@@ -527,7 +527,7 @@ async def _ingestions_around(
     kube: Kube, owner: Owner, served: Sequence[str]
 ) -> list[dict[str, Any]]:
     """The MatchIngestions the operator may list (see `search_scope`): in every namespace, or
-    in those it serves. Where it may not list them, it looks in the pipeline's own only."""
+    in those it serves. When it may not list every namespace, it looks in the pipeline's own."""
     scope = search_scope(served, owner.namespace)
     if scope is None:
         try:
@@ -539,15 +539,7 @@ async def _ingestions_around(
                 "looking for other users of the queues in %s only: %s", owner.namespace, exc
             )
             scope = (owner.namespace,)
-    found = []
-    for namespace in scope:
-        try:
-            found.extend(await kube.ingestions(namespace))
-        except Problem as exc:
-            if exc.reason != "ListForbidden" or namespace == owner.namespace:
-                raise
-            log.warning("not looking for other users of the queues in %s: %s", namespace, exc)
-    return found
+    return [body for namespace in scope for body in await kube.ingestions(namespace)]
 
 
 def _limits(workers: WorkersSpec) -> scaling.Limits:
