@@ -116,7 +116,7 @@ def running_operator(
     pipeline: Pipeline,
     worker_image: str = WORKER_IMAGE,
     backoff: tuple[float, float] = (0.5, 2.0),
-    namespaces: tuple[str, ...] = (),
+    namespaces: tuple[str, ...] | None = None,
 ) -> Iterator[KopfRunner]:
     """The operator watching the test's namespace (or `namespaces`, names or patterns): 1 s
     polls, short backoff (first, most)."""
@@ -784,8 +784,9 @@ def test_the_same_pipeline_in_another_namespace_keeps_the_queues_it_shares(
 def test_an_operator_serving_listed_namespaces_looks_only_in_them(
     pipeline: Pipeline, staging: Pipeline
 ) -> None:
-    # No operator runs: the reconciler's deletion is called as kopf would call it, by an
-    # operator that serves the test's namespace alone and so may not list the other.
+    # No operator runs: the reconciler's deletion is called as kopf would call it, first for
+    # an operator that serves both namespaces by name, then for one that serves the test's
+    # namespace alone and so does not look in the other.
     manifest = sample("legacy-celery.yaml", broker__deletionPolicy="Delete")
     for space in (pipeline, staging):
         space.apply(manifest)
